@@ -1,0 +1,46 @@
+// Chunk codecs. Each object owns one zstd context: keep one per thread, never share.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "torshpkg/format.hpp"
+
+struct ZSTD_CCtx_s;
+struct ZSTD_DCtx_s;
+
+namespace torshpkg {
+
+class ChunkEncoder {
+ public:
+  explicit ChunkEncoder(int level);
+  // Encodes one chunk into `out` and returns the codec used: zstd, or stored when
+  // compression saves less than kMinSavingPercent.
+  format::Codec encode(std::span<const std::uint8_t> raw, std::vector<std::uint8_t> &out);
+  static constexpr unsigned kMinSavingPercent = 3;
+
+ private:
+  struct Free {
+    void operator()(ZSTD_CCtx_s *c) const noexcept;
+  };
+  std::unique_ptr<ZSTD_CCtx_s, Free> cctx_;
+  int level_;
+};
+
+class ChunkDecoder {
+ public:
+  ChunkDecoder();
+  // Decodes stored bytes into exactly `out.size()` bytes; throws IntegrityError when the payload
+  // does not decode to exactly that many bytes, FormatError for an unknown codec or filter.
+  void decode(format::Codec codec, format::Filter filter, std::span<const std::uint8_t> stored,
+              std::span<std::uint8_t> out);
+
+ private:
+  struct Free {
+    void operator()(ZSTD_DCtx_s *d) const noexcept;
+  };
+  std::unique_ptr<ZSTD_DCtx_s, Free> dctx_;
+};
+
+}  // namespace torshpkg

@@ -1,0 +1,34 @@
+// SHA-256 through OpenSSL EVP (uses SHA-NI where the CPU has it).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "torshpkg/format.hpp"
+
+struct evp_md_ctx_st;
+
+namespace torshpkg {
+
+using Digest = std::array<std::uint8_t, format::kDigestSize>;
+
+[[nodiscard]] Digest sha256(std::span<const std::uint8_t> data);
+[[nodiscard]] std::string to_hex(std::span<const std::uint8_t> bytes);
+
+// Incremental SHA-256 for streams (whole-file digests, the package root).
+class Sha256 {
+ public:
+  Sha256();
+  void update(std::span<const std::uint8_t> data);
+  [[nodiscard]] Digest finish();  // the object may not be updated afterwards
+
+ private:
+  struct Free {
+    void operator()(evp_md_ctx_st *ctx) const noexcept;
+  };
+  std::unique_ptr<evp_md_ctx_st, Free> ctx_;
+};
+
+}  // namespace torshpkg

@@ -1,0 +1,73 @@
+// A loaded package: header, footer and the index, validated once, then used in place.
+// Loading reads only header, footer, index and manifest: it never touches chunk data.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torshpkg/digest.hpp"
+#include "torshpkg/file.hpp"
+#include "torshpkg/format.hpp"
+
+namespace torshpkg {
+
+class Package {
+ public:
+  // Opens and validates; throws FormatError (malformed), IntegrityError (root digest mismatch), IoError.
+  static std::shared_ptr<const Package> open(const std::string &path);
+  // Validates an in-memory image of a whole package (tests, fuzzing); `fd` is unused then.
+  static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
+
+  [[nodiscard]] const std::string &path() const noexcept { return path_; }
+  [[nodiscard]] const format::Header &header() const noexcept { return header_; }
+  [[nodiscard]] const format::Footer &footer() const noexcept { return footer_; }
+  [[nodiscard]] std::uint64_t file_size() const noexcept { return file_size_; }
+  [[nodiscard]] std::uint32_t chunk_size() const noexcept { return 1u << header_.chunk_shift; }
+  [[nodiscard]] std::uint32_t inode_count() const noexcept { return static_cast<std::uint32_t>(footer_.inode_count); }
+  [[nodiscard]] std::uint64_t chunk_count() const noexcept { return footer_.chunk_count; }
+  [[nodiscard]] const Digest &root_digest() const noexcept { return footer_.root_digest; }
+
+  [[nodiscard]] format::InodeEntry inode(std::uint32_t ino) const noexcept;
+  [[nodiscard]] format::ChunkEntry chunk(std::uint64_t index) const noexcept;
+  [[nodiscard]] format::NodeType type(std::uint32_t ino) const;
+  [[nodiscard]] std::string_view name(std::uint32_t ino) const noexcept;
+  [[nodiscard]] std::string_view symlink_target(std::uint32_t ino) const noexcept;
+  [[nodiscard]] std::string_view manifest_text() const noexcept;
+
+  // Child of a directory by name (binary search over sorted children).
+  [[nodiscard]] std::optional<std::uint32_t> lookup(std::uint32_t dir, std::string_view name) const;
+  // Resolves a relative path from the root without following symlinks; "" and "." are the root.
+  [[nodiscard]] std::optional<std::uint32_t> resolve(std::string_view path) const;
+  // Path of an inode relative to the root ("" for the root).
+  [[nodiscard]] std::string path_of(std::uint32_t ino) const;
+  // Sum of stored bytes of a regular file's chunks.
+  [[nodiscard]] std::uint64_t stored_size(std::uint32_t ino) const noexcept;
+
+  // Reads the stored bytes of chunk `index`, checks their SHA-256 and decodes them into `out`
+  // (out.size() must be the chunk's decoded size). `scratch` is reused between calls.
+  void load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const;
+
+ private:
+  Package() = default;
+  void load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
+            std::vector<std::uint8_t> index_and_manifest);
+  void validate_chunks() const;
+  void validate_inodes() const;
+  void read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const;
+
+  std::string path_;
+  UniqueFd fd_;
+  std::vector<std::uint8_t> image_;  // whole package, only for from_bytes
+  std::uint64_t file_size_ = 0;
+  format::Header header_;
+  format::Footer footer_;
+  std::vector<std::uint8_t> index_;  // chunk table | inode table | string table | manifest
+  std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
+};
+
+}  // namespace torshpkg

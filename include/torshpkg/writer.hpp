@@ -1,0 +1,50 @@
+// The packer: walk -> classify -> chunk -> encode in a pool -> hash -> dedup -> append -> index
+// -> manifest -> footer. Writes one pass to a temporary file, fsyncs and renames it into place.
+#pragma once
+#include <atomic>
+#include <csignal>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "torshpkg/digest.hpp"
+#include "torshpkg/format.hpp"
+#include "torshpkg/manifest.hpp"
+
+namespace torshpkg {
+
+struct PackProgress {
+  std::uint64_t bytes_done = 0, bytes_total = 0;
+  std::uint64_t files_done = 0, files_total = 0;
+};
+
+struct PackOptions {
+  std::string source_dir;
+  std::string output;
+  std::string name;  // default: the source directory's name
+  std::string version = "0.1.0";
+  std::string description, license;
+  std::vector<std::string> authors;
+  std::vector<Dependency> dependencies;
+  unsigned chunk_shift = format::kDefaultChunkShift;
+  int level = 3;
+  unsigned threads = 0;  // 0: one per core
+  std::vector<std::string> excludes;  // shell globs, matched against the relative path and the base name
+  std::function<void(const PackProgress &)> progress;  // called from the packing thread, about 10 times a second
+  const std::atomic<bool> *cancel = nullptr;  // set to stop early; the output is then not created
+  std::function<void(const std::string &)> warn;  // skipped entries and the like
+};
+
+struct PackResult {
+  std::uint64_t directories = 0, files = 0, symlinks = 0;
+  std::uint64_t chunks = 0, unique_chunks = 0;
+  std::uint64_t raw_bytes = 0, stored_bytes = 0, dedup_saved_bytes = 0;
+  std::uint64_t package_bytes = 0;
+  Digest root{};
+};
+
+[[nodiscard]] bool valid_package_name(std::string_view name);
+PackResult pack(const PackOptions &opts);
+
+}  // namespace torshpkg

@@ -1,0 +1,134 @@
+// torshpkg inspect FILE [--json]
+#include <sys/stat.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+
+#include "cli.hpp"
+#include "torshpkg/digest.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/package.hpp"
+
+namespace torshpkg::cli {
+
+namespace {
+
+nlohmann::ordered_json summarise(const Package &pkg) {
+  std::uint64_t files = 0, dirs = 0, links = 0, raw = 0;
+  for (std::uint32_t i = 0; i < pkg.inode_count(); ++i) {
+    const auto e = pkg.inode(i);
+    switch (pkg.type(i)) {
+      case format::NodeType::kDirectory: ++dirs; break;
+      case format::NodeType::kSymlink: ++links; break;
+      case format::NodeType::kRegular: ++files, raw += e.size; break;
+    }
+  }
+  std::unordered_set<std::uint64_t> seen;
+  std::uint64_t stored = 0, dedup_saved = 0;
+  std::map<std::string, std::uint64_t> codecs;
+  for (std::uint64_t k = 0; k < pkg.chunk_count(); ++k) {
+    const auto c = pkg.chunk(k);
+    ++codecs[std::string(format::codec_name(c.codec))];
+    if (seen.insert(c.offset).second)
+      stored += c.stored_size;
+    else
+      dedup_saved += c.stored_size;
+  }
+  nlohmann::ordered_json j;
+  j["package"] = pkg.path();
+  j["format_version"] = fmt::format("{}.{}", pkg.header().version_major, pkg.header().version_minor);
+  j["root_sha256"] = to_hex(pkg.root_digest());
+  j["signed"] = pkg.footer().signature_size != 0;
+  j["chunk_size"] = pkg.chunk_size();
+  j["files"] = files;
+  j["directories"] = dirs;
+  j["symlinks"] = links;
+  j["chunks"] = pkg.chunk_count();
+  j["unique_chunks"] = seen.size();
+  j["codecs"] = codecs;
+  j["raw_bytes"] = raw;
+  j["stored_bytes"] = stored;
+  j["dedup_saved_bytes"] = dedup_saved;
+  j["package_bytes"] = pkg.file_size();
+  j["ratio"] = raw ? static_cast<double>(pkg.file_size()) / static_cast<double>(raw) : 1.0;
+  try {
+    j["manifest"] = nlohmann::ordered_json::parse(pkg.manifest_text());
+  } catch (const nlohmann::json::exception &e) {
+    throw FormatError(fmt::format("{}: manifest is not valid JSON: {}", pkg.path(), e.what()));
+  }
+  return j;
+}
+
+std::string str_or(const nlohmann::ordered_json &m, const char *key, const char *fallback = "-") {
+  if (m.contains(key) && m[key].is_string() && !m[key].get<std::string>().empty()) return m[key].get<std::string>();
+  return fallback;
+}
+
+void print_human(const nlohmann::ordered_json &j) {
+  const auto &m = j["manifest"];
+  fmt::print("package     {} {}\n", str_or(m, "name"), str_or(m, "version"));
+  fmt::print("description {}\n", str_or(m, "description"));
+  if (m.contains("authors") && m["authors"].is_array() && !m["authors"].empty()) {
+    std::string a;
+    for (const auto &x : m["authors"])
+      if (x.is_string()) a += (a.empty() ? "" : ", ") + x.get<std::string>();
+    fmt::print("authors     {}\n", a);
+  }
+  fmt::print("license     {}\n", str_or(m, "license"));
+  fmt::print("created     {} by {}\n", str_or(m, "created"), str_or(m, "tool"));
+  if (m.contains("dependencies") && m["dependencies"].is_array())
+    for (const auto &d : m["dependencies"])
+      if (d.is_object()) fmt::print("depends     {} {}\n", str_or(d, "name"), str_or(d, "range"));
+  fmt::print("format      {}   root sha256 {}   {}\n", j["format_version"].get<std::string>(),
+             j["root_sha256"].get<std::string>(), j["signed"].get<bool>() ? "signed" : "unsigned");
+  fmt::print("contents    {} files, {} directories, {} symlinks\n", j["files"].get<std::uint64_t>(),
+             j["directories"].get<std::uint64_t>(), j["symlinks"].get<std::uint64_t>());
+  fmt::print("chunks      {} of {}, {} stored once", j["chunks"].get<std::uint64_t>(),
+             human_bytes(j["chunk_size"].get<std::uint64_t>()), j["unique_chunks"].get<std::uint64_t>());
+  for (const auto &[codec, n] : j["codecs"].items()) fmt::print(", {} {}", n.get<std::uint64_t>(), codec);
+  fmt::print("\n");
+  fmt::print("size        {} of files in {} ({:.3f}); dedup saved {}\n", human_bytes(j["raw_bytes"].get<std::uint64_t>()),
+             human_bytes(j["package_bytes"].get<std::uint64_t>()), j["ratio"].get<double>(),
+             human_bytes(j["dedup_saved_bytes"].get<std::uint64_t>()));
+  if (!m.contains("files") || !m["files"].is_object()) return;
+  std::map<std::string, std::uint64_t> kinds;
+  for (const auto &[path, f] : m["files"].items()) {
+    if (f.is_object() && f.contains("kind") && f["kind"].is_string()) ++kinds[f["kind"].get<std::string>()];
+  }
+  std::string ks;
+  for (const auto &[k, n] : kinds) ks += fmt::format("{}{} {}", ks.empty() ? "" : ", ", n, k);
+  fmt::print("kinds       {}\n", ks);
+  for (const auto &[path, f] : m["files"].items()) {
+    if (!f.is_object() || !f.contains("safetensors") || !f["safetensors"].is_object()) continue;
+    const auto &s = f["safetensors"];
+    std::string dt;
+    if (s.contains("dtypes") && s["dtypes"].is_object())
+      for (const auto &[d, n] : s["dtypes"].items()) dt += fmt::format("{}{}x{}", dt.empty() ? "" : " ", n.dump(), d);
+    fmt::print("safetensors {}: {} tensors, {} parameters ({})\n", path, s.value("tensors", 0ull),
+               s.value("parameters", 0ull), dt);
+  }
+}
+
+}  // namespace
+
+void add_inspect(CLI::App &app, Action &action) {
+  auto file = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, counts, sizes and compression");
+  cmd->add_option("FILE", *file, "Package")->required();
+  cmd->add_flag("--json", *json, "Print JSON instead of text");
+  cmd->callback([&action, file, json] {
+    action = [file, json]() -> int {
+      const auto pkg = Package::open(*file);
+      const auto j = summarise(*pkg);
+      if (*json)
+        fmt::print("{}\n", j.dump(2));
+      else
+        print_human(j);
+      return kOk;
+    };
+  });
+}
+
+}  // namespace torshpkg::cli

@@ -1,0 +1,81 @@
+// torshpkg ls FILE [PATH] [-l] [-R]
+#include <sys/stat.h>
+
+#include <ctime>
+#include <fmt/format.h>
+
+#include "cli.hpp"
+#include "torshpkg/package.hpp"
+
+namespace torshpkg::cli {
+
+namespace {
+
+std::string mode_string(std::uint32_t mode) {
+  std::string s = S_ISDIR(mode) ? "d" : S_ISLNK(mode) ? "l" : "-";
+  for (int shift = 6; shift >= 0; shift -= 3) {
+    s += (mode >> shift) & 4 ? 'r' : '-';
+    s += (mode >> shift) & 2 ? 'w' : '-';
+    s += (mode >> shift) & 1 ? 'x' : '-';
+  }
+  return s;
+}
+
+void print_entry(const Package &pkg, std::uint32_t ino, const std::string &shown, bool long_format) {
+  if (!long_format) {
+    fmt::print("{}\n", shown);
+    return;
+  }
+  const auto e = pkg.inode(ino);
+  std::tm tm{};
+  const std::time_t t = e.mtime_sec;
+  ::localtime_r(&t, &tm);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
+  const bool is_dir = pkg.type(ino) == format::NodeType::kDirectory;
+  fmt::print("{} {:>14} {} {}", mode_string(e.mode), is_dir ? 0 : e.size, when, shown);
+  if (pkg.type(ino) == format::NodeType::kSymlink) fmt::print(" -> {}", pkg.symlink_target(ino));
+  fmt::print("\n");
+}
+
+void list(const Package &pkg, std::uint32_t dir, const std::string &prefix, bool long_format, bool recursive) {
+  const auto e = pkg.inode(dir);
+  for (std::uint64_t k = 0; k < e.size; ++k) {
+    const auto child = static_cast<std::uint32_t>(e.first + k);
+    const std::string shown = prefix + std::string(pkg.name(child));
+    print_entry(pkg, child, shown, long_format);
+    if (recursive && pkg.type(child) == format::NodeType::kDirectory)
+      list(pkg, child, shown + "/", long_format, recursive);
+  }
+}
+
+}  // namespace
+
+void add_ls(CLI::App &app, Action &action) {
+  struct Args {
+    std::string file, path;
+    bool long_format = false, recursive = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto *cmd = app.add_subcommand("ls", "List a directory of a package (default: its root)");
+  cmd->add_option("FILE", a->file, "Package")->required();
+  cmd->add_option("PATH", a->path, "Path inside the package");
+  cmd->add_flag("-l", a->long_format, "Long format: mode, size, mtime, link target");
+  cmd->add_flag("-R,--recursive", a->recursive, "List subdirectories recursively");
+  cmd->callback([&action, a] {
+    action = [a]() -> int {
+      const auto pkg = Package::open(a->file);
+      const auto ino = resolve_in_package(*pkg, a->path, false);
+      if (pkg->type(ino) != format::NodeType::kDirectory) {
+        print_entry(*pkg, ino, pkg->path_of(ino), a->long_format);
+        return kOk;
+      }
+      std::string prefix = a->recursive ? pkg->path_of(ino) : "";
+      if (!prefix.empty()) prefix += '/';
+      list(*pkg, ino, prefix, a->long_format, a->recursive);
+      return kOk;
+    };
+  });
+}
+
+}  // namespace torshpkg::cli

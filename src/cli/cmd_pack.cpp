@@ -1,0 +1,82 @@
+// torshpkg pack DIR -o FILE
+#include <csignal>
+#include <fmt/format.h>
+
+#include "cli.hpp"
+#include "torshpkg/digest.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/writer.hpp"
+
+namespace torshpkg::cli {
+
+namespace {
+
+std::atomic<bool> g_cancel{false};  // written from a signal handler: the only way to reach it
+extern "C" void on_signal(int) { g_cancel.store(true); }
+
+// "1M", "256K", "1MiB", "4194304" -> log2 of the size; throws UsageError unless a power of two in range.
+unsigned parse_chunk_size(const std::string &s) {
+  std::size_t pos = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(s, &pos);
+  } catch (const std::exception &) {
+    throw UsageError(fmt::format("--chunk-size '{}' is not a size", s));
+  }
+  std::string unit = s.substr(pos);
+  if (unit == "K" || unit == "k" || unit == "KiB" || unit == "KB") v <<= 10;
+  else if (unit == "M" || unit == "m" || unit == "MiB" || unit == "MB") v <<= 20;
+  else if (!unit.empty()) throw UsageError(fmt::format("--chunk-size '{}': unknown unit '{}'", s, unit));
+  for (unsigned shift = format::kMinChunkShift; shift <= format::kMaxChunkShift; ++shift)
+    if (v == (1ull << shift)) return shift;
+  throw UsageError(fmt::format("--chunk-size '{}' must be a power of two from 64K to 4M", s));
+}
+
+}  // namespace
+
+void add_pack(CLI::App &app, Action &action) {
+  auto opts = std::make_shared<PackOptions>();
+  auto chunk = std::make_shared<std::string>("1M");
+  auto deps = std::make_shared<std::vector<std::string>>();
+  auto quiet = std::make_shared<bool>(false);
+  auto *cmd = app.add_subcommand("pack", "Pack a directory into a .tpkg package");
+  cmd->add_option("DIR", opts->source_dir, "Directory to pack")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("-o,--output", opts->output, "Package file to write")->required();
+  cmd->add_option("--name", opts->name, "Package name (default: the directory's name)");
+  cmd->add_option("--version", opts->version, "Semantic version (default 0.1.0)");
+  cmd->add_option("--description", opts->description, "One-line description");
+  cmd->add_option("--author", opts->authors, "Author (repeatable)");
+  cmd->add_option("--license", opts->license, "License identifier, e.g. Apache-2.0");
+  cmd->add_option("--depends", *deps, "Dependency NAME@RANGE, e.g. tokenizer-base@^1.2 (repeatable)");
+  cmd->add_option("--chunk-size", *chunk, "Chunk size, a power of two from 64K to 4M (default 1M)");
+  cmd->add_option("--level", opts->level, "zstd level (default 3)");
+  cmd->add_option("--threads", opts->threads, "Compression threads (default: one per core)");
+  cmd->add_option("--exclude", opts->excludes, "Skip paths matching this shell glob (repeatable)");
+  cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
+  cmd->callback([&action, opts, chunk, deps, quiet] {
+    action = [opts, chunk, deps, quiet]() -> int {
+      opts->chunk_shift = parse_chunk_size(*chunk);
+      for (const auto &d : *deps) opts->dependencies.push_back(parse_dependency(d));
+      ProgressBar bar("packing");
+      if (!*quiet) opts->progress = [&bar](const PackProgress &p) { bar.update(p.bytes_done, p.bytes_total); };
+      opts->warn = [](const std::string &w) { fmt::print(stderr, "torshpkg: warning: {}\n", w); };
+      opts->cancel = &g_cancel;
+      std::signal(SIGINT, on_signal);
+      std::signal(SIGTERM, on_signal);
+      const auto r = pack(*opts);
+      bar.finish();
+      if (!*quiet) {
+        fmt::print("{}: {} files, {} directories, {} symlinks\n", opts->output, r.files, r.directories, r.symlinks);
+        fmt::print("  {} -> {} ({:.3f} of the original), {} chunks, {} stored once",
+                   human_bytes(r.raw_bytes), human_bytes(r.package_bytes),
+                   r.raw_bytes ? static_cast<double>(r.package_bytes) / static_cast<double>(r.raw_bytes) : 1.0,
+                   r.chunks, r.unique_chunks);
+        if (r.dedup_saved_bytes) fmt::print(", dedup saved {}", human_bytes(r.dedup_saved_bytes));
+        fmt::print("\n  root sha256 {}\n", to_hex(r.root));
+      }
+      return kOk;
+    };
+  });
+}
+
+}  // namespace torshpkg::cli

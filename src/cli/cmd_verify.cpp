@@ -1,0 +1,101 @@
+// torshpkg verify FILE: reads every chunk, checks every digest, names every damaged file.
+#include <algorithm>
+#include <deque>
+#include <fmt/format.h>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "cli.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/pool.hpp"
+
+namespace torshpkg::cli {
+
+namespace {
+
+struct ChunkCheck {
+  std::uint64_t index = 0;
+  std::string problem;  // empty: fine
+};
+
+ChunkCheck check_chunk(const Package &pkg, std::uint64_t index) {
+  thread_local std::vector<std::uint8_t> scratch, out;
+  out.resize(pkg.chunk(index).decoded_size);
+  try {
+    pkg.load_chunk(index, out, scratch);
+    return {index, {}};
+  } catch (const IntegrityError &e) {
+    return {index, e.what()};
+  } catch (const FormatError &e) {
+    return {index, e.what()};
+  }
+}
+
+int verify(const std::string &file, unsigned threads) {
+  const auto pkg = Package::open(file);  // checks header, footer, root digest and the whole index
+  // Which file owns each chunk: runs are consecutive in inode order.
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> owners;
+  std::uint64_t files = 0;
+  for (std::uint32_t i = 0; i < pkg->inode_count(); ++i) {
+    if (pkg->type(i) != format::NodeType::kRegular) continue;
+    ++files;
+    if (const auto e = pkg->inode(i); e.size) owners.emplace_back(e.first, i);
+  }
+  std::unordered_map<std::uint64_t, std::uint64_t> first_at_offset;  // stored offset -> first chunk using it
+  std::vector<std::uint64_t> unique;
+  std::uint64_t total = 0;
+  for (std::uint64_t k = 0; k < pkg->chunk_count(); ++k) {
+    const auto c = pkg->chunk(k);
+    if (first_at_offset.emplace(c.offset, k).second) unique.push_back(k), total += c.stored_size;
+  }
+
+  ProgressBar bar("verifying");
+  ThreadPool pool(threads ? threads : std::max(1u, std::thread::hardware_concurrency()));
+  std::deque<std::future<ChunkCheck>> inflight;
+  std::unordered_map<std::uint64_t, std::string> bad_offsets;
+  std::uint64_t done = 0;
+  auto collect = [&] {
+    const auto r = inflight.front().get();
+    inflight.pop_front();
+    const auto c = pkg->chunk(r.index);
+    if (!r.problem.empty()) bad_offsets.emplace(c.offset, r.problem);
+    done += c.stored_size;
+    bar.update(done, total);
+  };
+  for (auto k : unique) {
+    inflight.push_back(pool.submit([&pkg, k] { return check_chunk(*pkg, k); }));
+    if (inflight.size() >= 4 * pool.size()) collect();
+  }
+  while (!inflight.empty()) collect();
+  bar.finish();
+
+  std::set<std::uint32_t> damaged;
+  for (std::uint64_t k = 0; k < pkg->chunk_count() && !bad_offsets.empty(); ++k) {
+    if (!bad_offsets.count(pkg->chunk(k).offset)) continue;
+    const auto it = std::upper_bound(owners.begin(), owners.end(), std::make_pair(k, UINT32_MAX));
+    damaged.insert(std::prev(it)->second);
+  }
+  for (auto ino : damaged) fmt::print(stderr, "DAMAGED {}\n", pkg->path_of(ino));
+  for (const auto &[off, why] : bad_offsets) fmt::print(stderr, "  chunk at offset {}: {}\n", off, why);
+  if (!damaged.empty()) {
+    fmt::print("{}: {} of {} files damaged\n", file, damaged.size(), files);
+    return kIntegrity;
+  }
+  fmt::print("{}: OK ({} chunks, {} files, root sha256 {})\n", file, pkg->chunk_count(), files,
+             to_hex(pkg->root_digest()));
+  return kOk;
+}
+
+}  // namespace
+
+void add_verify(CLI::App &app, Action &action) {
+  auto file = std::make_shared<std::string>();
+  auto threads = std::make_shared<unsigned>(0);
+  auto *cmd = app.add_subcommand("verify", "Check the index and every chunk digest; name damaged files");
+  cmd->add_option("FILE", *file, "Package")->required();
+  cmd->add_option("--threads", *threads, "Verification threads (default: one per core)");
+  cmd->callback([&action, file, threads] { action = [file, threads] { return verify(*file, *threads); }; });
+}
+
+}  // namespace torshpkg::cli

@@ -1,0 +1,45 @@
+#include "torshpkg/digest.hpp"
+
+#include <openssl/evp.h>
+
+#include "torshpkg/errors.hpp"
+
+namespace torshpkg {
+
+void Sha256::Free::operator()(evp_md_ctx_st *ctx) const noexcept { EVP_MD_CTX_free(ctx); }
+
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) throw Error("OpenSSL: cannot start SHA-256");
+}
+
+void Sha256::update(std::span<const std::uint8_t> data) {
+  if (EVP_DigestUpdate(ctx_.get(), data.data(), data.size()) != 1) throw Error("OpenSSL: SHA-256 update failed");
+}
+
+Digest Sha256::finish() {
+  Digest d{};
+  unsigned len = 0;
+  if (EVP_DigestFinal_ex(ctx_.get(), d.data(), &len) != 1 || len != d.size()) throw Error("OpenSSL: SHA-256 failed");
+  return d;
+}
+
+Digest sha256(std::span<const std::uint8_t> data) {
+  Digest d{};
+  unsigned len = 0;
+  if (EVP_Digest(data.data(), data.size(), d.data(), &len, EVP_sha256(), nullptr) != 1 || len != d.size())
+    throw Error("OpenSSL: SHA-256 failed");
+  return d;
+}
+
+std::string to_hex(std::span<const std::uint8_t> bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes.size() * 2);
+  for (auto b : bytes) {
+    s.push_back(kHex[b >> 4]);
+    s.push_back(kHex[b & 15]);
+  }
+  return s;
+}
+
+}  // namespace torshpkg

@@ -1,0 +1,327 @@
+#include "torshpkg/package.hpp"
+
+#include <sys/stat.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <fmt/format.h>
+
+#include "torshpkg/codec.hpp"
+#include "torshpkg/endian.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/names.hpp"
+
+namespace torshpkg {
+
+namespace {
+
+// Largest inode count: FUSE inode numbers are ino+1 and a few above the table are virtual.
+constexpr std::uint64_t kMaxInodes = (1ull << 32) - 16;
+
+std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const char *what) {
+  std::uint64_t r = 0;
+  if (mul_overflows(a, b, r)) throw FormatError(fmt::format("{} overflows", what));
+  return r;
+}
+std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const char *what) {
+  std::uint64_t r = 0;
+  if (add_overflows(a, b, r)) throw FormatError(fmt::format("{} overflows", what));
+  return r;
+}
+
+struct Layout {
+  std::uint64_t index_size = 0;  // chunk table + inode table + strings + manifest
+  std::uint64_t chunks_bytes = 0, inodes_bytes = 0;
+};
+
+// Checks that the footer describes sections that tile the file exactly:
+// header | data | index | manifest | [signature] | footer.
+Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
+  if (f.reserved0 != 0) throw FormatError("footer reserved field is not zero");
+  if (f.inode_count == 0) throw FormatError("package has no root directory");
+  if (f.inode_count > kMaxInodes) throw FormatError("too many inodes");
+  if (f.chunk_count > (1ull << 32)) throw FormatError("too many chunks");
+  if (f.manifest_size > format::kMaxManifestSize)
+    throw FormatError(fmt::format("manifest of {} bytes exceeds the {} byte limit", f.manifest_size,
+                                  format::kMaxManifestSize));
+  if (f.strings_size > (1ull << 32)) throw FormatError("string table too large");
+  Layout l;
+  l.chunks_bytes = checked_mul(f.chunk_count, format::kChunkEntrySize, "chunk table size");
+  l.inodes_bytes = checked_mul(f.inode_count, format::kInodeEntrySize, "inode table size");
+  l.index_size = checked_add(checked_add(l.chunks_bytes, l.inodes_bytes, "index size"),
+                             checked_add(f.strings_size, f.manifest_size, "index size"), "index size");
+  if (f.index_offset < format::kHeaderSize) throw FormatError("index offset points into the header");
+  const std::uint64_t manifest_end = checked_add(f.index_offset, l.index_size, "index end");
+  std::uint64_t expected_footer = manifest_end;
+  if (f.signature_offset != 0 || f.signature_size != 0) {
+    if (f.signature_offset != manifest_end) throw FormatError("signature block is not right after the manifest");
+    expected_footer = checked_add(manifest_end, f.signature_size, "signature end");
+  }
+  if (file_size < format::kFooterSize || expected_footer != file_size - format::kFooterSize)
+    throw FormatError(fmt::format("sections do not fit the file: index and manifest end at {}, footer starts at {}",
+                                  expected_footer, file_size - format::kFooterSize));
+  return l;
+}
+
+}  // namespace
+
+std::shared_ptr<const Package> Package::open(const std::string &path) {
+  std::shared_ptr<Package> p(new Package());
+  p->path_ = path;
+  p->fd_ = open_read(path);
+  struct stat st {};
+  if (::fstat(p->fd_.get(), &st) != 0) throw_errno("stat", path);
+  if (!S_ISREG(st.st_mode)) throw UsageError(path + " is not a regular file");
+  p->file_size_ = static_cast<std::uint64_t>(st.st_size);
+  if (p->file_size_ < format::kHeaderSize + format::kFooterSize)
+    throw FormatError(fmt::format("{}: too small to be a package ({} bytes)", path, p->file_size_));
+  std::array<std::uint8_t, format::kHeaderSize> head{};
+  std::array<std::uint8_t, format::kFooterSize> tail{};
+  pread_exact(p->fd_.get(), head, 0, path);
+  pread_exact(p->fd_.get(), tail, p->file_size_ - format::kFooterSize, path);
+  try {
+    // The footer says how much index to read; validate it before allocating.
+    const auto footer = format::decode_footer(tail);
+    const auto layout = check_layout(footer, p->file_size_);
+    std::vector<std::uint8_t> index(layout.index_size);
+    pread_exact(p->fd_.get(), index, footer.index_offset, path);
+    p->load(head, tail, std::move(index));
+  } catch (const FormatError &e) {
+    throw FormatError(fmt::format("{}: {}", path, e.what()));
+  } catch (const IntegrityError &e) {
+    throw IntegrityError(fmt::format("{}: {}", path, e.what()));
+  }
+  return p;
+}
+
+std::shared_ptr<const Package> Package::from_bytes(std::span<const std::uint8_t> image, std::string name) {
+  std::shared_ptr<Package> p(new Package());
+  p->path_ = std::move(name);
+  p->image_.assign(image.begin(), image.end());
+  p->file_size_ = image.size();
+  if (p->file_size_ < format::kHeaderSize + format::kFooterSize) throw FormatError("too small to be a package");
+  const auto head = std::span(p->image_).first<format::kHeaderSize>();
+  const auto tail = std::span(p->image_).last<format::kFooterSize>();
+  const auto footer = format::decode_footer(tail);
+  const auto layout = check_layout(footer, p->file_size_);
+  const auto idx = std::span(p->image_).subspan(footer.index_offset, layout.index_size);
+  p->load(head, tail, std::vector<std::uint8_t>(idx.begin(), idx.end()));
+  return p;
+}
+
+void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
+                   std::vector<std::uint8_t> index_and_manifest) {
+  header_ = format::decode_header(head.first<format::kHeaderSize>());
+  footer_ = format::decode_footer(tail.first<format::kFooterSize>());
+  const auto layout = check_layout(footer_, file_size_);
+  index_ = std::move(index_and_manifest);
+  inodes_at_ = layout.chunks_bytes;
+  strings_at_ = inodes_at_ + layout.inodes_bytes;
+  manifest_at_ = strings_at_ + footer_.strings_size;
+
+  // Root digest first: a damaged index is reported as damage, not as a confusing format error.
+  Sha256 root;
+  root.update(head.first<format::kHeaderSize>());
+  root.update(tail.first<format::kFooterRootedSize>());
+  root.update(index_);
+  if (root.finish() != footer_.root_digest)
+    throw IntegrityError("index or manifest is damaged (root digest mismatch)");
+  validate_chunks();
+  validate_inodes();
+}
+
+void Package::validate_chunks() const {
+  const std::uint32_t cs = chunk_size();
+  const std::uint64_t max_stored = ZSTD_compressBound(cs);
+  for (std::uint64_t i = 0; i < footer_.chunk_count; ++i) {
+    const auto c = chunk(i);
+    auto bad = [&](std::string_view why) { return FormatError(fmt::format("chunk {}: {}", i, why)); };
+    if (c.flags != 0) throw bad(fmt::format("unknown flags {:#x}", c.flags));
+    if (c.codec != format::Codec::kStored && c.codec != format::Codec::kZstd)
+      throw bad(fmt::format("unknown codec id {}", static_cast<unsigned>(c.codec)));
+    if (c.filter != format::Filter::kNone)
+      throw bad(fmt::format("unknown filter id {}", static_cast<unsigned>(c.filter)));
+    if (c.decoded_size == 0 || c.decoded_size > cs) throw bad("decoded size outside 1..chunk size");
+    if (c.stored_size == 0 || c.stored_size > max_stored) throw bad("stored size out of range");
+    if (c.codec == format::Codec::kStored && c.stored_size != c.decoded_size)
+      throw bad("stored chunk whose sizes differ");
+    if (c.offset < format::kHeaderSize || !range_within(c.offset, c.stored_size, footer_.index_offset))
+      throw bad("stored bytes lie outside the data section");
+  }
+}
+
+void Package::validate_inodes() const {
+  const std::uint64_t n = footer_.inode_count;
+  const std::uint32_t cs = chunk_size();
+  std::vector<std::uint16_t> depth(n, 0);
+  std::uint64_t claimed = 0;
+  // Regular files own consecutive, disjoint runs of the chunk table in inode order, so that
+  // validation and lookups stay linear however hostile the table (dedup shares stored bytes,
+  // never chunk entries).
+  std::uint64_t next_chunk = 0;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const auto e = inode(static_cast<std::uint32_t>(i));
+    auto bad = [&](std::string_view why) { return FormatError(fmt::format("inode {}: {}", i, why)); };
+    if (e.reserved != 0 || e.flags != 0) throw bad("reserved fields are not zero");
+    if (static_cast<unsigned>(e.kind) > static_cast<unsigned>(format::FileKind::kData)) throw bad("unknown kind");
+    if (e.mtime_nsec >= 1'000'000'000u) throw bad("mtime nanoseconds out of range");
+    const auto t = [&] {
+      try {
+        return format::node_type(e.mode);
+      } catch (const FormatError &err) {
+        throw bad(err.what());
+      }
+    }();
+    if (i == 0) {
+      if (t != format::NodeType::kDirectory || e.parent != 0 || e.name_length != 0)
+        throw bad("root is not a nameless directory");
+    } else {
+      if (e.parent >= i) throw bad("parent does not precede its child");
+      if (type(e.parent) != format::NodeType::kDirectory) throw bad("parent is not a directory");
+      if (!range_within(e.name_offset, e.name_length, footer_.strings_size)) throw bad("name outside string table");
+      if (auto why = name_problem(name(static_cast<std::uint32_t>(i)))) throw bad(*why);
+      depth[i] = static_cast<std::uint16_t>(depth[e.parent] + 1);
+      if (depth[i] > format::kMaxDepth) throw bad("directory tree too deep");
+    }
+    switch (t) {
+      case format::NodeType::kDirectory: {
+        if (e.size == 0) break;
+        if (e.first <= i || !range_within(e.first, e.size, n)) throw bad("children outside the inode table");
+        for (std::uint64_t k = 0; k < e.size; ++k) {
+          const auto child = static_cast<std::uint32_t>(e.first + k);
+          if (inode(child).parent != i) throw bad("child does not name this directory as parent");
+          if (k > 0 && !(name(child - 1) < name(child))) throw bad("children are not sorted or not unique");
+        }
+        claimed += e.size;
+        break;
+      }
+      case format::NodeType::kRegular: {
+        const std::uint64_t count = e.size / cs + (e.size % cs != 0);
+        if (count == 0) break;
+        if (e.first != next_chunk) throw bad("chunk run does not follow the previous file's");
+        if (!range_within(e.first, count, footer_.chunk_count)) throw bad("chunks outside the chunk table");
+        next_chunk += count;
+        for (std::uint64_t k = 0; k < count; ++k) {
+          const std::uint64_t want = (k + 1 < count || e.size % cs == 0) ? cs : e.size % cs;
+          if (chunk(e.first + k).decoded_size != want) throw bad("chunk sizes do not add up to the file size");
+        }
+        break;
+      }
+      case format::NodeType::kSymlink:
+        if (!range_within(e.first, e.size, footer_.strings_size)) throw bad("symlink target outside string table");
+        if (auto why = symlink_problem(symlink_target(static_cast<std::uint32_t>(i)))) throw bad(*why);
+        break;
+    }
+  }
+  if (claimed != n - 1) throw FormatError("some inodes belong to no directory");
+  if (next_chunk != footer_.chunk_count) throw FormatError("some chunks belong to no file");
+}
+
+format::InodeEntry Package::inode(std::uint32_t ino) const noexcept {
+  return format::decode_inode(
+      std::span(index_).subspan(inodes_at_ + std::size_t{ino} * format::kInodeEntrySize).first<format::kInodeEntrySize>());
+}
+
+format::ChunkEntry Package::chunk(std::uint64_t index) const noexcept {
+  return format::decode_chunk(
+      std::span(index_).subspan(index * format::kChunkEntrySize).first<format::kChunkEntrySize>());
+}
+
+format::NodeType Package::type(std::uint32_t ino) const {
+  return format::node_type(load_le<std::uint32_t>(&index_[inodes_at_ + std::size_t{ino} * format::kInodeEntrySize]));
+}
+
+std::string_view Package::name(std::uint32_t ino) const noexcept {
+  const auto *p = &index_[inodes_at_ + std::size_t{ino} * format::kInodeEntrySize];
+  const auto off = load_le<std::uint32_t>(p + 8);
+  const auto len = load_le<std::uint32_t>(p + 12);
+  return {reinterpret_cast<const char *>(index_.data() + strings_at_ + off), len};
+}
+
+std::string_view Package::symlink_target(std::uint32_t ino) const noexcept {
+  const auto e = inode(ino);
+  return {reinterpret_cast<const char *>(index_.data() + strings_at_ + e.first), static_cast<std::size_t>(e.size)};
+}
+
+std::string_view Package::manifest_text() const noexcept {
+  return {reinterpret_cast<const char *>(index_.data() + manifest_at_), static_cast<std::size_t>(footer_.manifest_size)};
+}
+
+std::optional<std::uint32_t> Package::lookup(std::uint32_t dir, std::string_view want) const {
+  const auto e = inode(dir);
+  if (format::node_type(e.mode) != format::NodeType::kDirectory) return std::nullopt;
+  std::uint64_t lo = e.first, hi = e.first + e.size;
+  while (lo < hi) {
+    const std::uint64_t mid = lo + (hi - lo) / 2;
+    const auto nm = name(static_cast<std::uint32_t>(mid));
+    if (nm == want) return static_cast<std::uint32_t>(mid);
+    if (nm < want)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::uint32_t> Package::resolve(std::string_view path) const {
+  std::uint32_t cur = 0;
+  while (!path.empty()) {
+    const auto slash = path.find('/');
+    const auto part = path.substr(0, slash);
+    path = slash == std::string_view::npos ? std::string_view{} : path.substr(slash + 1);
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return std::nullopt;  // paths inside a package never climb
+    auto next = lookup(cur, part);
+    if (!next) return std::nullopt;
+    cur = *next;
+  }
+  return cur;
+}
+
+std::string Package::path_of(std::uint32_t ino) const {
+  std::vector<std::string_view> parts;
+  while (ino != 0) {
+    parts.push_back(name(ino));
+    ino = inode(ino).parent;
+  }
+  std::string out;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    if (!out.empty()) out += '/';
+    out += *it;
+  }
+  return out;
+}
+
+std::uint64_t Package::stored_size(std::uint32_t ino) const noexcept {
+  const auto e = inode(ino);
+  if ((e.mode & S_IFMT) != S_IFREG) return 0;
+  const std::uint64_t count = e.size / chunk_size() + (e.size % chunk_size() != 0);
+  std::uint64_t total = 0;
+  for (std::uint64_t k = 0; k < count; ++k) total += chunk(e.first + k).stored_size;
+  return total;
+}
+
+void Package::read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const {
+  if (!image_.empty()) {
+    std::copy_n(image_.begin() + static_cast<std::ptrdiff_t>(c.offset), out.size(), out.begin());
+    return;
+  }
+  pread_exact(fd_.get(), out, c.offset, path_);
+}
+
+void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const {
+  const auto c = chunk(index);
+  if (out.size() != c.decoded_size) throw Error("load_chunk: output size differs from decoded size");
+  // Stored chunks are read straight into the output; others through scratch.
+  std::span<std::uint8_t> stored = out;
+  if (c.codec != format::Codec::kStored) {
+    scratch.resize(c.stored_size);
+    stored = scratch;
+  }
+  read_stored(c, stored);
+  if (sha256(stored) != c.digest) throw IntegrityError(fmt::format("chunk {} fails its SHA-256 digest", index));
+  thread_local ChunkDecoder decoder;  // one zstd context per thread, reused across packages
+  if (c.codec != format::Codec::kStored) decoder.decode(c.codec, c.filter, stored, out);
+}
+
+}  // namespace torshpkg

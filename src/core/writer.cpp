@@ -1,0 +1,459 @@
+#include "torshpkg/writer.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <filesystem>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "torshpkg/codec.hpp"
+#include "torshpkg/endian.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/file.hpp"
+#include "torshpkg/names.hpp"
+#include "torshpkg/pool.hpp"
+#include "torshpkg/version.hpp"
+
+namespace torshpkg {
+
+namespace {
+
+struct Node {
+  std::string name;
+  std::string rel;  // path relative to the source root
+  struct stat st {};
+  std::string link_target;
+  std::vector<std::size_t> children;  // indices into the walk's node list, sorted by name
+  std::uint32_t parent = 0;
+  std::uint32_t ino = 0;
+};
+
+struct DigestHash {
+  std::size_t operator()(const Digest &d) const noexcept {
+    std::size_t h;
+    std::memcpy(&h, d.data(), sizeof h);
+    return h;
+  }
+};
+
+// Unlinks the temporary output unless committed, so a failed or interrupted pack leaves nothing.
+class TempOutput {
+ public:
+  explicit TempOutput(const std::string &final_path) : final_(final_path) {
+    std::string templ = final_path + ".tmp.XXXXXX";
+    std::vector<char> buf(templ.begin(), templ.end());
+    buf.push_back('\0');
+    int fd = ::mkstemp(buf.data());
+    if (fd < 0) throw_errno("create", templ);
+    fd_.reset(fd);
+    tmp_ = buf.data();
+    ::fchmod(fd, 0644);
+  }
+  ~TempOutput() {
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+  void commit() {
+    if (::fsync(fd_.get()) != 0) throw_errno("fsync", tmp_);
+    fd_.reset();
+    if (::rename(tmp_.c_str(), final_.c_str()) != 0) throw_errno("rename to " + final_, tmp_);
+    committed_ = true;
+    const auto dir = std::filesystem::path(final_).parent_path();
+    UniqueFd d(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (d) ::fsync(d.get());  // make the rename durable; failure here loses nothing already written
+  }
+
+ private:
+  std::string final_, tmp_;
+  UniqueFd fd_;
+  bool committed_ = false;
+};
+
+bool excluded(const std::vector<std::string> &globs, const std::string &rel, const std::string &name) {
+  return std::any_of(globs.begin(), globs.end(), [&](const std::string &g) {
+    return ::fnmatch(g.c_str(), rel.c_str(), FNM_PATHNAME) == 0 || ::fnmatch(g.c_str(), name.c_str(), 0) == 0;
+  });
+}
+
+std::string read_link(const std::string &path, std::size_t size_hint) {
+  std::string buf(std::max<std::size_t>(size_hint, 64) + 1, '\0');
+  for (;;) {
+    const ssize_t n = ::readlink(path.c_str(), buf.data(), buf.size());
+    if (n < 0) throw_errno("read link", path);
+    if (static_cast<std::size_t>(n) < buf.size()) return buf.substr(0, static_cast<std::size_t>(n));
+    buf.resize(buf.size() * 2);
+  }
+}
+
+// Walks the source tree into nodes in BFS order so that every directory's children are
+// consecutive inodes, sorted by name.
+class Walker {
+ public:
+  Walker(const PackOptions &o) : opts_(o) {}
+  std::vector<Node> walk() {
+    Node root;
+    if (::lstat(opts_.source_dir.c_str(), &root.st) != 0) throw_errno("stat", opts_.source_dir);
+    if (!S_ISDIR(root.st.st_mode)) throw UsageError(opts_.source_dir + " is not a directory");
+    nodes_.push_back(std::move(root));
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      if (!S_ISDIR(nodes_[i].st.st_mode)) continue;
+      list_dir(i);
+    }
+    // BFS order: children were appended in sorted order, directory by directory.
+    for (std::size_t i = 0; i < nodes_.size(); ++i) nodes_[i].ino = static_cast<std::uint32_t>(i);
+    if (nodes_.size() >= (1ull << 32) - 16) throw UsageError("too many entries for one package");
+    return std::move(nodes_);
+  }
+
+ private:
+  void list_dir(std::size_t idx) {
+    const std::string dir_path = full(nodes_[idx].rel);
+    std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir_path.c_str()), ::closedir);
+    if (!d) throw_errno("open directory", dir_path);
+    std::vector<std::string> names;
+    errno = 0;
+    while (dirent *e = ::readdir(d.get())) {
+      std::string nm = e->d_name;
+      if (nm != "." && nm != "..") names.push_back(std::move(nm));
+    }
+    std::sort(names.begin(), names.end());
+    for (auto &nm : names) {
+      const std::string rel = nodes_[idx].rel.empty() ? nm : nodes_[idx].rel + "/" + nm;
+      if (excluded(opts_.excludes, rel, nm)) continue;
+      if (auto why = name_problem(nm)) throw UsageError(fmt::format("{}: cannot pack this name: {}", full(rel), *why));
+      if (idx == 0 && nm == ".torshpkg")
+        throw UsageError(full(rel) + ": the name .torshpkg is reserved at the package root");
+      Node n;
+      n.name = nm;
+      n.rel = rel;
+      n.parent = static_cast<std::uint32_t>(idx);
+      if (::lstat(full(rel).c_str(), &n.st) != 0) throw_errno("stat", full(rel));
+      if (S_ISLNK(n.st.st_mode)) {
+        n.link_target = read_link(full(rel), static_cast<std::size_t>(n.st.st_size));
+        if (auto why = symlink_problem(n.link_target)) throw UsageError(fmt::format("{}: {}", full(rel), *why));
+      } else if (!S_ISDIR(n.st.st_mode) && !S_ISREG(n.st.st_mode)) {
+        if (opts_.warn) opts_.warn(fmt::format("skipping {}: not a regular file, directory or symlink", full(rel)));
+        continue;
+      }
+      nodes_[idx].children.push_back(nodes_.size());
+      nodes_.push_back(std::move(n));
+    }
+  }
+  std::string full(const std::string &rel) const { return rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + rel; }
+
+  const PackOptions &opts_;
+  std::vector<Node> nodes_;
+};
+
+struct Encoded {
+  std::vector<std::uint8_t> stored;
+  format::Codec codec = format::Codec::kStored;
+  std::uint32_t decoded_size = 0;
+  Digest digest{};
+};
+
+std::string iso8601_utc(std::time_t t) {
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::time_t creation_time() {
+  // Reproducible builds: honour SOURCE_DATE_EPOCH when set.
+  if (const char *sde = std::getenv("SOURCE_DATE_EPOCH")) {
+    char *end = nullptr;
+    const long long v = std::strtoll(sde, &end, 10);
+    if (end && *end == '\0' && v >= 0) return static_cast<std::time_t>(v);
+  }
+  return std::time(nullptr);
+}
+
+class Packer {
+ public:
+  explicit Packer(const PackOptions &o)
+      : opts_(o), chunk_size_(1u << o.chunk_shift), pool_(o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {}
+
+  PackResult run() {
+    nodes_ = Walker(opts_).walk();
+    for (const auto &n : nodes_)
+      if (S_ISREG(n.st.st_mode)) progress_.bytes_total += static_cast<std::uint64_t>(n.st.st_size), ++progress_.files_total;
+
+    TempOutput out(opts_.output);
+    fd_ = out.fd();
+    format::Header header;
+    header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
+    format::encode(header, std::span(header_bytes_));
+    write_all(fd_, header_bytes_, out_name());
+    pos_ = format::kHeaderSize;
+
+    inodes_.resize(nodes_.size());
+    for (auto &n : nodes_) {
+      if (S_ISREG(n.st.st_mode)) pack_file(n);
+      if (S_ISDIR(n.st.st_mode)) ++result_.directories;
+      if (S_ISLNK(n.st.st_mode)) ++result_.symlinks;
+    }
+    report(true);
+    write_index();
+    out.commit();
+    result_.package_bytes = pos_;
+    return result_;
+  }
+
+ private:
+  std::string out_name() const { return opts_.output; }
+  void check_cancel() const {
+    if (opts_.cancel && opts_.cancel->load()) throw Interrupted();
+  }
+
+  void report(bool force) {
+    if (!opts_.progress) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_report_ < std::chrono::milliseconds(100)) return;
+    last_report_ = now;
+    opts_.progress(progress_);
+  }
+
+  void pack_file(const Node &n) {
+    const std::string path = opts_.source_dir + "/" + n.rel;
+    UniqueFd fd = open_read(path, O_NOFOLLOW);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+
+    auto &meta = files_json_[n.rel];
+    const std::uint64_t first_chunk = chunks_.size();
+    Sha256 whole;
+    std::deque<std::future<Encoded>> inflight;
+    const std::size_t window = 2 * pool_.size() + 2;  // bounds memory at window * 2 chunks
+    std::uint64_t done = 0;
+    format::FileKind kind = format::FileKind::kOther;
+    for (;;) {
+      check_cancel();
+      auto raw = std::make_shared<std::vector<std::uint8_t>>(chunk_size_);
+      const std::size_t got = read_full(fd.get(), *raw, path);
+      if (got == 0) break;
+      raw->resize(got);
+      if (done == 0) {
+        kind = detect_kind(n.rel, *raw);
+        summarise_safetensors(fd.get(), path, size, *raw, meta);
+      }
+      whole.update(*raw);
+      done += got;
+      if (done > size) throw Error(path + ": file grew while it was being packed");
+      inflight.push_back(pool_.submit([raw, level = opts_.level] { return encode(*raw, level); }));
+      while (inflight.size() >= window) commit_one(inflight);
+      progress_.bytes_done += got;
+      report(false);
+    }
+    while (!inflight.empty()) commit_one(inflight);
+    if (done != size) throw Error(path + ": file shrank while it was being packed");
+
+    if (size == 0) kind = detect_kind(n.rel, {});
+    auto &e = inodes_[n.ino];
+    e.size = size;
+    e.first = size ? static_cast<std::uint32_t>(first_chunk) : 0;
+    e.kind = kind;
+    meta["kind"] = format::kind_name(kind);
+    meta["size"] = size;
+    meta["sha256"] = to_hex(whole.finish());
+    ++result_.files;
+    ++progress_.files_done;
+    result_.raw_bytes += size;
+  }
+
+  static Encoded encode(const std::vector<std::uint8_t> &raw, int level) {
+    thread_local std::unique_ptr<ChunkEncoder> enc;
+    thread_local int enc_level = 0;
+    if (!enc || enc_level != level) enc = std::make_unique<ChunkEncoder>(level), enc_level = level;
+    Encoded e;
+    e.codec = enc->encode(raw, e.stored);
+    e.decoded_size = static_cast<std::uint32_t>(raw.size());
+    e.digest = sha256(e.stored);
+    return e;
+  }
+
+  void commit_one(std::deque<std::future<Encoded>> &inflight) {
+    Encoded enc = inflight.front().get();
+    inflight.pop_front();
+    format::ChunkEntry c;
+    c.codec = enc.codec;
+    c.decoded_size = enc.decoded_size;
+    c.stored_size = static_cast<std::uint32_t>(enc.stored.size());
+    c.digest = enc.digest;
+    if (auto it = dedup_.find(enc.digest); it != dedup_.end()) {
+      c.offset = it->second;
+      result_.dedup_saved_bytes += c.stored_size;
+    } else {
+      c.offset = pos_;
+      write_all(fd_, enc.stored, out_name());
+      pos_ += enc.stored.size();
+      dedup_.emplace(enc.digest, c.offset);
+      result_.stored_bytes += c.stored_size;
+      ++result_.unique_chunks;
+    }
+    if (chunks_.size() >= (1ull << 32)) throw UsageError("too many chunks for one package; use a larger --chunk-size");
+    chunks_.push_back(c);
+    ++result_.chunks;
+  }
+
+  void summarise_safetensors(int fd, const std::string &path, std::uint64_t size,
+                             const std::vector<std::uint8_t> &first, nlohmann::ordered_json &meta) {
+    if (first.size() < 9 || first[8] != '{') return;
+    const std::uint64_t n = load_le<std::uint64_t>(first.data());
+    if (n > kMaxSafetensorsHeader || !range_within(8, n, size)) return;
+    std::vector<std::uint8_t> head(8 + n);
+    if (head.size() <= first.size())
+      std::copy_n(first.begin(), head.size(), head.begin());
+    else
+      pread_exact(fd, head, 0, path);
+    try {
+      if (auto s = parse_safetensors(head, size)) {
+        nlohmann::ordered_json j;
+        j["tensors"] = s->tensors;
+        j["parameters"] = s->parameters;
+        j["dtypes"] = s->dtypes;
+        meta["safetensors"] = std::move(j);
+      }
+    } catch (const FormatError &e) {
+      if (opts_.warn) opts_.warn(fmt::format("{}: {}", path, e.what()));
+    }
+  }
+
+  void write_index() {
+    std::vector<std::uint8_t> strings;
+    auto add_string = [&](std::string_view s) {
+      if (strings.size() + s.size() > (1ull << 32)) throw UsageError("names too long in total for one package");
+      const auto off = static_cast<std::uint32_t>(strings.size());
+      strings.insert(strings.end(), s.begin(), s.end());
+      return off;
+    };
+    for (const auto &n : nodes_) {
+      auto &e = inodes_[n.ino];
+      e.mode = (n.st.st_mode & S_IFMT) | (n.st.st_mode & 0777);
+      e.parent = n.parent;
+      e.mtime_sec = n.st.st_mtim.tv_sec;
+      e.mtime_nsec = static_cast<std::uint32_t>(n.st.st_mtim.tv_nsec);
+      if (n.ino != 0) {
+        e.name_offset = add_string(n.name);
+        e.name_length = static_cast<std::uint32_t>(n.name.size());
+      }
+      if (S_ISDIR(n.st.st_mode)) {
+        e.size = n.children.size();
+        e.first = n.children.empty() ? 0 : nodes_[n.children.front()].ino;
+      } else if (S_ISLNK(n.st.st_mode)) {
+        e.size = n.link_target.size();
+        e.first = add_string(n.link_target);
+      }
+    }
+    const std::string manifest = build_manifest();
+
+    std::vector<std::uint8_t> index(chunks_.size() * format::kChunkEntrySize + inodes_.size() * format::kInodeEntrySize);
+    std::size_t at = 0;
+    for (const auto &c : chunks_) {
+      format::encode(c, std::span(index).subspan(at).first<format::kChunkEntrySize>());
+      at += format::kChunkEntrySize;
+    }
+    for (const auto &e : inodes_) {
+      format::encode(e, std::span(index).subspan(at).first<format::kInodeEntrySize>());
+      at += format::kInodeEntrySize;
+    }
+    index.insert(index.end(), strings.begin(), strings.end());
+    index.insert(index.end(), manifest.begin(), manifest.end());
+
+    format::Footer f;
+    f.index_offset = pos_;
+    f.chunk_count = chunks_.size();
+    f.inode_count = inodes_.size();
+    f.strings_size = strings.size();
+    f.manifest_size = manifest.size();
+    std::array<std::uint8_t, format::kFooterSize> footer{};
+    format::encode(f, std::span(footer));
+    Sha256 root;
+    root.update(header_bytes_);
+    root.update(std::span(footer).first<format::kFooterRootedSize>());
+    root.update(index);
+    f.root_digest = root.finish();
+    format::encode(f, std::span(footer));
+    write_all(fd_, index, out_name());
+    write_all(fd_, footer, out_name());
+    pos_ += index.size() + footer.size();
+    result_.root = f.root_digest;
+  }
+
+  std::string build_manifest() {
+    nlohmann::ordered_json m;
+    m["manifest_version"] = 1;
+    m["name"] = opts_.name;
+    m["version"] = opts_.version;
+    m["description"] = opts_.description;
+    m["authors"] = opts_.authors;
+    m["license"] = opts_.license;
+    m["created"] = iso8601_utc(creation_time());
+    m["tool"] = fmt::format("torshpkg {}", kVersion);
+    auto deps = nlohmann::ordered_json::array();
+    for (const auto &d : opts_.dependencies) deps.push_back({{"name", d.name}, {"range", d.range}});
+    m["dependencies"] = std::move(deps);
+    m["chunk_size"] = chunk_size_;
+    m["files"] = files_json_;
+    const std::string text = m.dump(1);
+    if (text.size() > format::kMaxManifestSize) throw UsageError("manifest would exceed 64 MiB: too many files");
+    return text;
+  }
+
+  const PackOptions &opts_;
+  const std::uint32_t chunk_size_;
+  ThreadPool pool_;
+  std::vector<Node> nodes_;
+  std::vector<format::InodeEntry> inodes_;
+  std::vector<format::ChunkEntry> chunks_;
+  std::unordered_map<Digest, std::uint64_t, DigestHash> dedup_;
+  nlohmann::ordered_json files_json_ = nlohmann::ordered_json::object();
+  std::array<std::uint8_t, format::kHeaderSize> header_bytes_{};
+  int fd_ = -1;
+  std::uint64_t pos_ = 0;
+  PackResult result_;
+  PackProgress progress_;
+  std::chrono::steady_clock::time_point last_report_{};
+};
+
+}  // namespace
+
+bool valid_package_name(std::string_view name) {
+  if (name.empty() || name.size() > 214) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-_./@").find(c) != std::string_view::npos;
+  });
+}
+
+PackResult pack(const PackOptions &in) {
+  PackOptions o = in;
+  while (o.source_dir.size() > 1 && o.source_dir.back() == '/') o.source_dir.pop_back();
+  if (o.name.empty()) {
+    auto base = std::filesystem::absolute(o.source_dir).lexically_normal().filename().string();
+    if (base.empty()) base = std::filesystem::absolute(o.source_dir).lexically_normal().parent_path().filename().string();
+    o.name = base;
+  }
+  if (!valid_package_name(o.name))
+    throw UsageError(fmt::format("package name '{}': use 1-214 characters of letters, digits, -_./@", o.name));
+  if (!valid_semver(o.version))
+    throw UsageError(fmt::format("version '{}' is not a semantic version (MAJOR.MINOR.PATCH)", o.version));
+  if (o.chunk_shift < format::kMinChunkShift || o.chunk_shift > format::kMaxChunkShift)
+    throw UsageError("chunk size must be a power of two from 64 KiB to 4 MiB");
+  if (o.output.empty()) throw UsageError("no output file given (-o FILE)");
+  return Packer(o).run();
+}
+
+}  // namespace torshpkg
