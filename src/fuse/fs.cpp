@@ -1,0 +1,355 @@
+#include "fs.hpp"
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fmt/format.h>
+#include <new>
+#include <nlohmann/json.hpp>
+
+#include "torshpkg/errors.hpp"
+
+namespace torshpkg::mount {
+
+namespace {
+
+constexpr double kForever = 365.0 * 24 * 3600;  // content is immutable: cache names and attributes for good
+constexpr std::string_view kMetaDir = ".torshpkg";
+constexpr std::string_view kManifestName = "manifest.json";
+
+Filesystem &fs_of(fuse_req_t req) { return *static_cast<Filesystem *>(fuse_req_userdata(req)); }
+
+// The one place where core exceptions become errno replies.
+template <typename F>
+void guarded(fuse_req_t req, F &&body) noexcept {
+  int err = EIO;
+  try {
+    body();
+    return;
+  } catch (const NotFoundError &) {
+    err = ENOENT;
+  } catch (const IntegrityError &e) {
+    fs_of(req).log_error(e.what());
+    err = EIO;
+  } catch (const FormatError &e) {
+    fs_of(req).log_error(e.what());
+    err = EIO;
+  } catch (const IoError &e) {
+    fs_of(req).log_error(e.what());
+    err = e.errnum ? e.errnum : EIO;
+  } catch (const UsageError &) {
+    err = EINVAL;
+  } catch (const std::bad_alloc &) {
+    err = ENOMEM;
+  } catch (const std::exception &e) {
+    fs_of(req).log_error(e.what());
+    err = EIO;
+  } catch (...) {
+    err = EIO;
+  }
+  fuse_reply_err(req, err);
+}
+
+}  // namespace
+
+Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts)
+    : pkg_(pkg), reader_(pkg, opts.cache_bytes), opts_(opts), uid_(opts.uid.value_or(::getuid())),
+      gid_(opts.gid.value_or(::getgid())), subdirs_(pkg->inode_count(), 0) {
+  for (std::uint32_t i = 1; i < pkg_->inode_count(); ++i)
+    if (pkg_->type(i) == format::NodeType::kDirectory) ++subdirs_[pkg_->inode(i).parent];
+}
+
+void Filesystem::log_error(const std::string &msg) {
+  {
+    std::lock_guard lock(log_mu_);
+    if (logged_.size() > 10000 || !logged_.insert(msg).second) return;  // one line per distinct failure
+  }
+  if (daemonized_)
+    ::syslog(LOG_ERR, "%s", msg.c_str());
+  else
+    fmt::print(stderr, "mount.torshpkg: {}\n", msg);
+}
+
+std::uint32_t Filesystem::to_pkg(fuse_ino_t ino) const {
+  if (ino == 0 || ino > pkg_->inode_count()) throw NotFoundError("no such inode");
+  return static_cast<std::uint32_t>(ino - 1);
+}
+
+struct stat Filesystem::attr(fuse_ino_t ino) const {
+  struct stat st {};
+  st.st_ino = ino;
+  st.st_uid = uid_;
+  st.st_gid = gid_;
+  st.st_blksize = pkg_->chunk_size();
+  const std::uint32_t umask = opts_.umask.value_or(0);
+  if (ino == meta_dir_ino()) {
+    st.st_mode = S_IFDIR | (0555 & ~umask);
+    st.st_nlink = 2;
+  } else if (ino == manifest_ino()) {
+    st.st_mode = S_IFREG | (0444 & ~umask);
+    st.st_nlink = 1;
+    st.st_size = static_cast<off_t>(pkg_->manifest_text().size());
+  } else {
+    const auto i = to_pkg(ino);
+    const auto e = pkg_->inode(i);
+    st.st_mode = (e.mode & S_IFMT) | (e.mode & 0777 & ~umask);
+    st.st_mtim = {e.mtime_sec, static_cast<long>(e.mtime_nsec)};
+    st.st_ctim = st.st_atim = st.st_mtim;
+    if (pkg_->type(i) == format::NodeType::kDirectory) {
+      st.st_nlink = 2 + subdirs_[i];
+      st.st_size = static_cast<off_t>(e.size);
+    } else {
+      st.st_nlink = 1;
+      st.st_size = static_cast<off_t>(e.size);
+    }
+  }
+  st.st_blocks = (st.st_size + 511) / 512;
+  return st;
+}
+
+fuse_entry_param Filesystem::entry(fuse_ino_t ino) const {
+  fuse_entry_param e{};
+  e.ino = ino;
+  e.generation = 1;
+  e.attr = attr(ino);
+  e.attr_timeout = kForever;
+  e.entry_timeout = kForever;
+  return e;
+}
+
+void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  const std::string_view nm(name);
+  if (parent == FUSE_ROOT_ID && nm == kMetaDir) {
+    const auto e = entry(meta_dir_ino());
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  if (parent == meta_dir_ino()) {
+    if (nm != kManifestName) throw NotFoundError(std::string(nm));
+    const auto e = entry(manifest_ino());
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  const auto child = pkg_->lookup(to_pkg(parent), nm);
+  if (!child) {
+    // A negative entry may be cached for good too: the tree never changes.
+    fuse_entry_param e{};
+    e.entry_timeout = kForever;
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  const auto e = entry(*child + 1);
+  fuse_reply_entry(req, &e);
+}
+
+void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino) {
+  const auto st = attr(ino);
+  fuse_reply_attr(req, &st, kForever);
+}
+
+void Filesystem::readlink(fuse_req_t req, fuse_ino_t ino) {
+  const auto i = to_pkg(ino);
+  if (pkg_->type(i) != format::NodeType::kSymlink) throw UsageError("not a symlink");
+  fuse_reply_readlink(req, std::string(pkg_->symlink_target(i)).c_str());
+}
+
+void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
+  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (ino != manifest_ino() && pkg_->type(to_pkg(ino)) != format::NodeType::kRegular) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
+  fuse_reply_open(req, fi);
+}
+
+void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
+  if (off < 0) throw UsageError("negative offset");
+  if (ino == manifest_ino()) {
+    const auto text = pkg_->manifest_text();
+    const auto start = std::min<std::size_t>(static_cast<std::size_t>(off), text.size());
+    const auto n = std::min(size, text.size() - start);
+    fuse_reply_buf(req, text.data() + start, n);
+    return;
+  }
+  const auto slices = reader_.slices(to_pkg(ino), static_cast<std::uint64_t>(off), size);
+  std::vector<iovec> iov;
+  iov.reserve(slices.size());
+  for (const auto &s : slices)
+    iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
+  // The slices hold the chunks alive until the reply has been written.
+  fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+}
+
+void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
+  if (ino != meta_dir_ino() && pkg_->type(to_pkg(ino)) != format::NodeType::kDirectory) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  fi->cache_readdir = 1;
+  fi->keep_cache = 1;
+  fuse_reply_open(req, fi);
+}
+
+void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  // Offsets: 0 ".", 1 "..", 2+k the k-th child. The hidden /.torshpkg is never listed.
+  std::vector<char> buf(size);
+  std::size_t used = 0;
+  std::uint64_t first = 0, count = 0;
+  fuse_ino_t parent_ino = FUSE_ROOT_ID;
+  if (ino == meta_dir_ino()) {
+    count = 1;
+  } else {
+    const auto i = to_pkg(ino);
+    const auto e = pkg_->inode(i);
+    first = e.first;
+    count = e.size;
+    parent_ino = pkg_->inode(i).parent + 1;
+  }
+  for (auto pos = static_cast<std::uint64_t>(off); pos < 2 + count; ++pos) {
+    std::string name;
+    fuse_ino_t child;
+    if (pos == 0) name = ".", child = ino;
+    else if (pos == 1) name = "..", child = parent_ino;
+    else if (ino == meta_dir_ino()) name = kManifestName, child = manifest_ino();
+    else {
+      const auto c = static_cast<std::uint32_t>(first + pos - 2);
+      name = pkg_->name(c);
+      child = c + 1;
+    }
+    std::size_t n;
+    if (plus) {
+      fuse_entry_param e = pos < 2 ? fuse_entry_param{} : entry(child);
+      if (pos < 2) e.attr = attr(child);  // "." and "..": attributes only, no lookup count
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e, static_cast<off_t>(pos + 1));
+    } else {
+      const auto st = attr(child);
+      n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st, static_cast<off_t>(pos + 1));
+    }
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void Filesystem::statfs(fuse_req_t req) {
+  struct statvfs s {};
+  s.f_bsize = pkg_->chunk_size();
+  s.f_frsize = 4096;
+  s.f_blocks = (pkg_->file_size() + 4095) / 4096;
+  s.f_files = pkg_->inode_count();
+  s.f_namemax = format::kMaxNameLength;
+  s.f_flag = ST_RDONLY;
+  fuse_reply_statfs(req, &s);
+}
+
+const std::string &Filesystem::file_sha256(std::uint32_t ino) const {
+  // The manifest is parsed only when someone asks for a digest: mounting never pays for it.
+  std::call_once(sha_once_, [this] {
+    sha_.assign(pkg_->inode_count(), {});
+    try {
+      const auto m = nlohmann::json::parse(pkg_->manifest_text());
+      if (!m.contains("files") || !m["files"].is_object()) return;
+      for (const auto &[path, f] : m["files"].items()) {
+        const auto i = pkg_->resolve(path);
+        if (i && f.is_object() && f.contains("sha256") && f["sha256"].is_string()) sha_[*i] = f["sha256"];
+      }
+    } catch (const nlohmann::json::exception &e) {
+      throw FormatError(fmt::format("{}: manifest is not valid JSON: {}", pkg_->path(), e.what()));
+    }
+  });
+  return sha_[ino];
+}
+
+std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t ino) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (ino == FUSE_ROOT_ID) {
+    try {
+      const auto m = nlohmann::json::parse(pkg_->manifest_text());
+      out.emplace_back("user.torshpkg.name", m.value("name", ""));
+      out.emplace_back("user.torshpkg.version", m.value("version", ""));
+    } catch (const nlohmann::json::exception &) {
+    }
+    out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
+    return out;
+  }
+  if (ino == meta_dir_ino() || ino == manifest_ino()) return out;
+  const auto i = to_pkg(ino);
+  if (pkg_->type(i) != format::NodeType::kRegular) return out;
+  const auto e = pkg_->inode(i);
+  out.emplace_back("user.torshpkg.kind", std::string(format::kind_name(e.kind)));
+  if (const auto &sha = file_sha256(i); !sha.empty()) out.emplace_back("user.torshpkg.sha256", sha);
+  out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg_->stored_size(i)));
+  bool zstd = false, stored = false;
+  const std::uint64_t count = (e.size + pkg_->chunk_size() - 1) / pkg_->chunk_size();
+  for (std::uint64_t k = 0; k < count; ++k) (pkg_->chunk(e.first + k).codec == format::Codec::kZstd ? zstd : stored) = true;
+  out.emplace_back("user.torshpkg.codec", zstd && stored ? "zstd+stored" : zstd ? "zstd" : stored ? "stored" : "none");
+  return out;
+}
+
+void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  for (const auto &[key, value] : xattrs(ino)) {
+    if (key != name) continue;
+    if (size == 0)
+      fuse_reply_xattr(req, value.size());
+    else if (size < value.size())
+      fuse_reply_err(req, ERANGE);
+    else
+      fuse_reply_buf(req, value.data(), value.size());
+    return;
+  }
+  fuse_reply_err(req, ENODATA);
+}
+
+void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  std::string names;
+  for (const auto &[key, value] : xattrs(ino)) names.append(key).push_back('\0');
+  if (size == 0)
+    fuse_reply_xattr(req, names.size());
+  else if (size < names.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, names.data(), names.size());
+}
+
+const fuse_lowlevel_ops &Filesystem::operations() {
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o{};
+    o.init = [](void *userdata, fuse_conn_info *conn) {
+      (void)userdata;
+      conn->max_readahead = std::min<unsigned>(conn->max_readahead, 1u << 20);
+      if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    };
+    o.lookup = [](fuse_req_t r, fuse_ino_t p, const char *n) { guarded(r, [&] { fs_of(r).lookup(r, p, n); }); };
+    o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *) { guarded(r, [&] { fs_of(r).getattr(r, i); }); };
+    o.readlink = [](fuse_req_t r, fuse_ino_t i) { guarded(r, [&] { fs_of(r).readlink(r, i); }); };
+    o.open = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *fi) { guarded(r, [&] { fs_of(r).open(r, i, fi); }); };
+    o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *) {
+      guarded(r, [&] { fs_of(r).read(r, i, s, off); });
+    };
+    o.opendir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *fi) { guarded(r, [&] { fs_of(r).opendir(r, i, fi); }); };
+    o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *) {
+      guarded(r, [&] { fs_of(r).readdir(r, i, s, off, false); });
+    };
+    o.readdirplus = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *) {
+      guarded(r, [&] { fs_of(r).readdir(r, i, s, off, true); });
+    };
+    o.statfs = [](fuse_req_t r, fuse_ino_t) { guarded(r, [&] { fs_of(r).statfs(r); }); };
+    o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char *n, size_t s) {
+      guarded(r, [&] { fs_of(r).getxattr(r, i, n, s); });
+    };
+    o.listxattr = [](fuse_req_t r, fuse_ino_t i, size_t s) { guarded(r, [&] { fs_of(r).listxattr(r, i, s); }); };
+    return o;
+  }();
+  return ops;
+}
+
+}  // namespace torshpkg::mount

@@ -1,0 +1,60 @@
+// The mounted filesystem: the session object handed to every lowlevel op through fuse userdata.
+#pragma once
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+
+#include "options.hpp"
+#include "torshpkg/reader.hpp"
+
+namespace torshpkg::mount {
+
+class Filesystem {
+ public:
+  Filesystem(std::shared_ptr<const Package> pkg, const Options &opts);
+  [[nodiscard]] static const fuse_lowlevel_ops &operations();
+
+  // Lowlevel-op bodies; exceptions escape to the one mapping in fs.cpp.
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void readlink(fuse_req_t req, fuse_ino_t ino);
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi);
+  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off);
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi);
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus);
+  void statfs(fuse_req_t req);
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+  void log_error(const std::string &msg);
+  void set_daemonized(bool d) noexcept { daemonized_ = d; }
+
+ private:
+  // FUSE inode numbers: package inode i is i+1 (the root is FUSE_ROOT_ID); two virtual inodes
+  // follow the package's for the hidden /.torshpkg directory and its manifest.json.
+  [[nodiscard]] fuse_ino_t meta_dir_ino() const noexcept { return pkg_->inode_count() + 1; }
+  [[nodiscard]] fuse_ino_t manifest_ino() const noexcept { return pkg_->inode_count() + 2; }
+  [[nodiscard]] std::uint32_t to_pkg(fuse_ino_t ino) const;  // throws NotFoundError for unknown numbers
+  [[nodiscard]] struct stat attr(fuse_ino_t ino) const;
+  [[nodiscard]] fuse_entry_param entry(fuse_ino_t ino) const;
+  [[nodiscard]] std::vector<std::pair<std::string, std::string>> xattrs(fuse_ino_t ino) const;
+  [[nodiscard]] const std::string &file_sha256(std::uint32_t ino) const;
+
+  std::shared_ptr<const Package> pkg_;
+  Reader reader_;
+  Options opts_;
+  uid_t uid_;
+  gid_t gid_;
+  std::vector<std::uint32_t> subdirs_;  // per directory, for st_nlink
+  mutable std::once_flag sha_once_;
+  mutable std::vector<std::string> sha_;  // per inode, from the manifest, parsed on first use
+  std::mutex log_mu_;
+  std::unordered_set<std::string> logged_;
+  bool daemonized_ = false;
+};
+
+}  // namespace torshpkg::mount

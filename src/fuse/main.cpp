@@ -1,0 +1,122 @@
+// mount.torshpkg: validates the package, mounts it, daemonises once the mount is usable.
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fmt/format.h>
+
+#include "fs.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/version.hpp"
+
+namespace torshpkg::mount {
+
+namespace {
+
+// Exit codes shared with torshpkg(1).
+enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kIo = 3, kFormat = 4, kIntegrity = 5 };
+
+struct SessionDeleter {
+  void operator()(fuse_session *se) const noexcept { fuse_session_destroy(se); }
+};
+struct ArgsDeleter {
+  void operator()(fuse_args *a) const noexcept { fuse_opt_free_args(a); }
+};
+
+int serve(const Options &opts) {
+  // Everything that can fail for a reason the user can fix is checked before mounting.
+  struct stat st {};
+  if (::stat(opts.mountpoint.c_str(), &st) != 0) throw_errno("use mount point", opts.mountpoint);
+  if (!S_ISDIR(st.st_mode)) throw UsageError(opts.mountpoint + ": mount point is not a directory");
+  if (::access("/dev/fuse", R_OK | W_OK) != 0)
+    throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
+  auto pkg = Package::open(opts.package);  // validates header, footer, root digest and the whole index
+
+  std::vector<std::string> argv_store = {"mount.torshpkg"};
+  std::string fuse_opts = "ro,default_permissions,subtype=torshpkg";
+  bool has_fsname = false;
+  for (const auto &o : opts.fuse_options) {
+    if (o.starts_with("fsname=")) has_fsname = true;
+    if (o.starts_with("subtype=")) fuse_opts = "ro,default_permissions";
+    fuse_opts += "," + o;
+  }
+  if (!has_fsname) {
+    std::string name = opts.package;
+    for (char &c : name)
+      if (c == ',') c = '_';  // commas would split the option list
+    fuse_opts += ",fsname=" + name;
+  }
+  argv_store.push_back("-o");
+  argv_store.push_back(fuse_opts);
+  if (opts.debug) argv_store.push_back("-d");
+  std::vector<char *> argv;
+  for (auto &s : argv_store) argv.push_back(s.data());
+  fuse_args raw_args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  std::unique_ptr<fuse_args, ArgsDeleter> args(&raw_args);
+
+  Filesystem fs(pkg, opts);
+  std::unique_ptr<fuse_session, SessionDeleter> se(
+      fuse_session_new(args.get(), &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &fs));
+  if (!se) throw UsageError("libfuse refused the mount options (see the message above)");
+  if (fuse_set_signal_handlers(se.get()) != 0) throw Error("cannot install signal handlers");
+  if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se.get());
+    throw IoError(fmt::format("cannot mount on {} (see the message above)", opts.mountpoint), EIO);
+  }
+  // The parent exits only after this: by then the mount is in place.
+  if (fuse_daemonize(opts.foreground ? 1 : 0) != 0) {
+    fuse_session_unmount(se.get());
+    fuse_remove_signal_handlers(se.get());
+    throw Error("cannot daemonise");
+  }
+  if (!opts.foreground) {
+    ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
+    fs.set_daemonized(true);
+  }
+  fuse_loop_config *cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, opts.threads);
+  fuse_loop_cfg_set_idle_threads(cfg, std::max(1u, opts.threads / 2));
+  const int rc = fuse_session_loop_mt(se.get(), cfg);
+  fuse_loop_cfg_destroy(cfg);
+  fuse_session_unmount(se.get());
+  fuse_remove_signal_handlers(se.get());
+  return rc == 0 ? kOk : kFailure;
+}
+
+// The one place where exceptions become exit codes.
+int run(int argc, char **argv) {
+  try {
+    const auto opts = parse_options(argc, argv);
+    if (opts.help) {
+      std::fputs(kUsageText, stdout);
+      return kOk;
+    }
+    if (opts.version) {
+      fmt::print("mount.torshpkg {} (libfuse {})\n", kVersion, fuse_pkgversion());
+      return kOk;
+    }
+    return serve(opts);
+  } catch (const UsageError &e) {
+    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
+    return kUsage;
+  } catch (const IntegrityError &e) {
+    fmt::print(stderr, "mount.torshpkg: damaged package: {}\n", e.what());
+    return kIntegrity;
+  } catch (const FormatError &e) {
+    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
+    return kFormat;
+  } catch (const IoError &e) {
+    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
+    return kIo;
+  } catch (const std::exception &e) {
+    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
+    return kFailure;
+  }
+}
+
+}  // namespace
+
+}  // namespace torshpkg::mount
+
+int main(int argc, char **argv) { return torshpkg::mount::run(argc, argv); }

@@ -1,0 +1,137 @@
+#include "options.hpp"
+
+#include <algorithm>
+#include <fmt/format.h>
+#include <string_view>
+
+#include "torshpkg/errors.hpp"
+
+namespace torshpkg::mount {
+
+const char *const kUsageText = R"(usage: mount.torshpkg PACKAGE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-d]
+
+Mounts a .tpkg package read-only. Files are decompressed lazily, chunk by chunk,
+and every chunk is checked against its SHA-256 before any byte is returned.
+
+  -f              stay in the foreground
+  -d              debug output (implies -f)
+  -o uid=N        owner of every file (default: the mounting user)
+  -o gid=N        group of every file (default: the mounting user's group)
+  -o umask=OOO    clear these permission bits (octal; default: modes as packed)
+  -o cache_size=S decoded-chunk cache budget, e.g. 512M (default 256M)
+  -o threads=N    FUSE worker threads (default 8)
+  -o allow_other, allow_root, fsname=NAME, subtype=NAME
+  -h, --help      this help
+  -V, --version   version
+
+See mount.torshpkg(8).
+)";
+
+namespace {
+
+std::uint32_t parse_uint(const std::string &what, const std::string &text, int base) {
+  std::size_t pos = 0;
+  unsigned long v = 0;
+  try {
+    v = std::stoul(text, &pos, base);
+  } catch (const std::exception &) {
+    pos = 0;
+  }
+  if (pos != text.size() || text.empty() || v > UINT32_MAX)
+    throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
+  return static_cast<std::uint32_t>(v);
+}
+
+bool is_ignored(std::string_view opt) {
+  // What mount(8) and fstab pass that means nothing here (the mount is always read-only).
+  static constexpr std::string_view kIgnored[] = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser",
+                                                   "users", "nofail", "_netdev", "exec", "noexec", "suid",
+                                                   "nosuid", "dev", "nodev", "atime", "noatime", "relatime",
+                                                   "strictatime", "nodiratime", "async", "sync", "owner",
+                                                   "comment", "x-systemd.automount"};
+  if (opt.starts_with("x-") || opt.starts_with("comment=")) return true;
+  return std::find(std::begin(kIgnored), std::end(kIgnored), opt) != std::end(kIgnored);
+}
+
+void apply_option_list(Options &o, std::string_view list) {
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    const std::string opt(list.substr(0, comma));
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    if (opt.empty() || is_ignored(opt)) continue;
+    const auto eq = opt.find('=');
+    const std::string key = opt.substr(0, eq);
+    const std::string value = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (key == "uid") o.uid = parse_uint("uid", value, 10);
+    else if (key == "gid") o.gid = parse_uint("gid", value, 10);
+    else if (key == "umask") {
+      o.umask = parse_uint("umask", value, 8);
+      if (*o.umask > 0777) throw UsageError(fmt::format("bad value for umask: '{}'", value));
+    } else if (key == "cache_size") o.cache_bytes = parse_size("cache_size", value);
+    else if (key == "threads") {
+      o.threads = parse_uint("threads", value, 10);
+      if (o.threads < 1 || o.threads > 256) throw UsageError("threads must be from 1 to 256");
+    } else if (opt == "allow_other" || opt == "allow_root" || opt == "default_permissions" || key == "fsname" ||
+               key == "subtype" || key == "max_read")
+      o.fuse_options.push_back(opt);
+    else
+      throw UsageError(fmt::format("unknown mount option '{}' (see mount.torshpkg(8))", opt));
+  }
+}
+
+}  // namespace
+
+std::uint64_t parse_size(const std::string &what, const std::string &text) {
+  std::size_t pos = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(text, &pos);
+  } catch (const std::exception &) {
+    throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
+  }
+  const std::string unit = text.substr(pos);
+  unsigned shift = 0;
+  if (unit == "K" || unit == "k" || unit == "KiB") shift = 10;
+  else if (unit == "M" || unit == "m" || unit == "MiB") shift = 20;
+  else if (unit == "G" || unit == "g" || unit == "GiB") shift = 30;
+  else if (!unit.empty()) throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
+  if (v > (UINT64_MAX >> shift)) throw UsageError(fmt::format("{} too large: '{}'", what, text));
+  return v << shift;
+}
+
+Options parse_options(int argc, char **argv) {
+  Options o;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "-o") {
+      if (++i >= argc) throw UsageError("-o needs an option list");
+      apply_option_list(o, argv[i]);
+    } else if (a.starts_with("-o") && a.size() > 2) {
+      apply_option_list(o, a.substr(2));
+    } else if (a == "-f") {
+      o.foreground = true;
+    } else if (a == "-d" || a == "--debug") {
+      o.debug = o.foreground = true;
+    } else if (a == "-h" || a == "--help") {
+      o.help = true;
+    } else if (a == "-V" || a == "--version") {
+      o.version = true;
+    } else if (a == "-s" || a == "-n" || a == "-v") {
+      // mount(8): sloppy, no mtab, verbose: nothing to do
+    } else if (a == "-t") {
+      ++i;  // mount(8) may pass the type
+    } else if (a.size() > 1 && a[0] == '-') {
+      throw UsageError(fmt::format("unknown argument '{}'", a));
+    } else {
+      positional.emplace_back(a);
+    }
+  }
+  if (o.help || o.version) return o;
+  if (positional.size() != 2) throw UsageError("expected PACKAGE and MOUNTPOINT (see --help)");
+  o.package = positional[0];
+  o.mountpoint = positional[1];
+  return o;
+}
+
+}  // namespace torshpkg::mount
