@@ -1,0 +1,292 @@
+"""Shared helpers for the torshpkg integration tests (stdlib only).
+
+Each test script does:
+
+    with Harness("roundtrip") as h:
+        ...
+        h.check("name", condition, "detail shown on failure")
+
+Harness prints PASS/FAIL per check, a closing "N passed, N failed" line, unmounts everything it
+mounted and removes its temporary directory even when the script fails or is killed (SIGTERM from
+meson's timeout), and exits non-zero when any check failed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TIMEOUT = 120  # default seconds for one tool invocation
+
+
+def tool(var: str, fallback: str) -> str:
+    v = os.environ.get(var)
+    if v:
+        return v
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.normpath(os.path.join(here, "..", ".."))
+    return os.path.join(root, fallback)
+
+
+TORSHPKG = tool("TORSHPKG", "build/src/cli/torshpkg")
+MOUNT = tool("MOUNT_TORSHPKG", "build/src/fuse/mount.torshpkg")
+GEN_MODEL = tool("GEN_MODEL", "scripts/gen-model.py")
+
+
+class Terminated(BaseException):
+    pass
+
+
+def _on_term(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def tail(text, n: int = 600) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = (text or "").strip()
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def is_mounted(path: str) -> bool:
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                if mp == path:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def mount_procs(mnt: str) -> list[int]:
+    """pids of mount.torshpkg processes whose command line names mnt"""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args and os.path.basename(args[0]).startswith(b"mount.torshpkg") and mnt.encode() in args:
+            out.append(int(d))
+    return out
+
+
+class Harness:
+    def __init__(self, name: str):
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+        self.failures: list[str] = []
+        self.mounts: list[str] = []
+        self.cleanups = []
+        base = os.environ.get("TORSHPKG_TEST_TMPDIR") or "/var/tmp"
+        if not os.path.isdir(base):
+            base = None
+        self.tmp = tempfile.mkdtemp(prefix=f"torshpkg-it-{name}-", dir=base)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def check(self, what: str, ok, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"PASS {what}", flush=True)
+        else:
+            self.failed += 1
+            self.failures.append(what)
+            print(f"FAIL {what}" + (f": {detail}" if detail else ""), flush=True)
+        return bool(ok)
+
+    def note(self, text: str) -> None:
+        print(f"     {text}", flush=True)
+
+    def section(self, text: str) -> None:
+        print(f"== {text}", flush=True)
+
+    # -- processes ------------------------------------------------------------------------------
+    def run(self, args, timeout: float = TIMEOUT, input: bytes | None = None, env=None, binary=False, cwd=None):
+        """Runs a command; returns CompletedProcess, or one with returncode None on time-out."""
+        args = [str(a) for a in args]
+        e = None
+        if env:
+            e = dict(os.environ)
+            e.update(env)
+        try:
+            r = subprocess.run(args, input=input, capture_output=True, timeout=timeout, env=e, cwd=cwd,
+                               stdin=None if input is not None else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as ex:
+            return subprocess.CompletedProcess(args, None, ex.stdout or b"", (ex.stderr or b"") + b"\n[timed out]")
+        if not binary:
+            r.stdout = r.stdout.decode("utf-8", "replace")
+            r.stderr = r.stderr.decode("utf-8", "replace")
+        return r
+
+    def tpkg(self, *args, **kw):
+        return self.run([TORSHPKG, *args], **kw)
+
+    def gen_model(self, outdir: str, *args, timeout: float = 300) -> None:
+        t = time.monotonic()
+        r = self.run([sys.executable, GEN_MODEL, outdir, *args], timeout=timeout)
+        ok = self.check(f"gen-model.py {' '.join(args)}", r.returncode == 0, tail(r.stderr))
+        if not ok:
+            raise RuntimeError("cannot generate the test model")
+        self.note(f"{tail(r.stdout)} ({time.monotonic() - t:.1f} s)")
+
+    # -- mounts -------------------------------------------------------------------------------
+    def mount(self, pkg: str, mnt: str, *opts: str, timeout: float = 60, check_name: str | None = None):
+        """Runs mount.torshpkg; returns (returncode, stderr). Registers the mount for cleanup."""
+        os.makedirs(mnt, exist_ok=True)
+        out = os.path.join(self.tmp, f"mount-{len(self.mounts)}.log")
+        self.mounts.append(mnt)
+        with open(out, "w+b") as log:
+            try:
+                p = subprocess.Popen([MOUNT, pkg, mnt, *opts], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                rc = None
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+        if check_name:
+            self.check(check_name, rc == 0 and os.path.ismount(mnt), f"exit {rc}: {tail(text)}")
+        return rc, text
+
+    def unmount(self, mnt: str, tool_args=("fusermount3", "-u")) -> bool:
+        """Unmounts cleanly if possible (retrying while busy), lazily as a last resort."""
+        if not is_mounted(mnt) and not os.path.ismount(mnt):
+            return True
+        last = ""
+        for _ in range(20):
+            r = self.run([*tool_args, mnt], timeout=30)
+            if r.returncode == 0 and not is_mounted(mnt):
+                return True
+            last = tail(r.stderr)
+            time.sleep(0.25)
+        self.note(f"clean unmount of {mnt} failed ({last}); lazy unmount")
+        self.run(["fusermount3", "-uz", mnt], timeout=30)
+        if is_mounted(mnt):
+            self.run(["umount", "-l", mnt], timeout=30)
+        return False
+
+    # -- context --------------------------------------------------------------------------------
+    def __enter__(self):
+        signal.signal(signal.SIGTERM, _on_term)
+        signal.signal(signal.SIGHUP, _on_term)
+        print(f"# {self.name}: torshpkg={TORSHPKG} mount={MOUNT} tmp={self.tmp}", flush=True)
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is not None:
+            self.failed += 1
+            self.failures.append(f"aborted: {et.__name__}: {ev}")
+            print(f"FAIL test aborted: {et.__name__}: {ev}", flush=True)
+            traceback.print_exception(et, ev, tb)
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                print(f"     cleanup: {e}", flush=True)
+        for mnt in reversed(self.mounts):
+            try:
+                self.unmount(mnt)
+            except Exception as e:  # noqa: BLE001
+                print(f"     unmount {mnt}: {e}", flush=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        print(f"# {self.name}: {self.passed} passed, {self.failed} failed", flush=True)
+        if self.failures:
+            print("# failed checks:\n" + "\n".join(f"#   {f}" for f in self.failures), flush=True)
+        print(f"{self.passed} passed, {self.failed} failed", flush=True)
+        sys.stdout.flush()
+        os._exit(1 if self.failed else 0)
+
+
+# -- tree comparison -----------------------------------------------------------------------------
+
+def walk(root: str) -> list[str]:
+    """Relative paths of every entry under root (not following symlinks), root itself as ''."""
+    out = [""]
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        rel = "" if rel == "." else rel
+        for n in sorted(dirnames) + sorted(filenames):
+            out.append(os.path.join(rel, n) if rel else n)
+    return out
+
+
+def compare_stats(h: Harness, label: str, src: str, dst: str, uid=None, gid=None, nlink=False,
+                  umask: int = 0, max_report: int = 10) -> None:
+    """lstat every entry on both sides: type, permission bits, size, mtime (ns), link targets."""
+    src_entries = walk(src)
+    dst_entries = walk(dst)
+    h.check(f"{label}: same entries ({len(src_entries)})", src_entries == dst_entries,
+            f"only in source: {sorted(set(src_entries) - set(dst_entries))[:5]}, "
+            f"only in copy: {sorted(set(dst_entries) - set(src_entries))[:5]}")
+    problems = []
+    for rel in src_entries:
+        a = os.lstat(os.path.join(src, rel)) if rel else os.lstat(src)
+        try:
+            b = os.lstat(os.path.join(dst, rel)) if rel else os.lstat(dst)
+        except OSError as e:
+            problems.append(f"{rel!r}: {e}")
+            continue
+        if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
+            problems.append(f"{rel!r}: type {stat.S_IFMT(a.st_mode):o} != {stat.S_IFMT(b.st_mode):o}")
+            continue
+        want_mode = stat.S_IMODE(a.st_mode) & 0o777 & ~umask
+        if stat.S_IMODE(b.st_mode) != want_mode:
+            problems.append(f"{rel!r}: mode {stat.S_IMODE(b.st_mode):o} != {want_mode:o}")
+        if not stat.S_ISDIR(a.st_mode) and a.st_size != b.st_size:
+            problems.append(f"{rel!r}: size {b.st_size} != {a.st_size}")
+        if a.st_mtime_ns != b.st_mtime_ns:
+            problems.append(f"{rel!r}: mtime {b.st_mtime_ns} != {a.st_mtime_ns}")
+        if stat.S_ISLNK(a.st_mode) and os.readlink(os.path.join(src, rel)) != os.readlink(os.path.join(dst, rel)):
+            problems.append(f"{rel!r}: readlink {os.readlink(os.path.join(dst, rel))!r}")
+        if uid is not None and b.st_uid != uid:
+            problems.append(f"{rel!r}: uid {b.st_uid} != {uid}")
+        if gid is not None and b.st_gid != gid:
+            problems.append(f"{rel!r}: gid {b.st_gid} != {gid}")
+        if nlink and stat.S_ISDIR(a.st_mode):
+            p = os.path.join(src, rel) if rel else src
+            subdirs = sum(1 for e in os.scandir(p) if e.is_dir(follow_symlinks=False))
+            if b.st_nlink != 2 + subdirs:
+                problems.append(f"{rel!r}: st_nlink {b.st_nlink} != 2 + {subdirs} subdirectories")
+    h.check(f"{label}: lstat type/mode/size/mtime_ns{'/uid/gid' if uid is not None else ''}"
+            f"{'/nlink' if nlink else ''}/readlink of every entry", not problems,
+            f"{len(problems)} differences, e.g. " + "; ".join(problems[:max_report]))
+
+
+def inspect_json(h: Harness, pkg: str) -> dict | None:
+    r = h.tpkg("inspect", "--json", pkg)
+    if r.returncode != 0:
+        h.check(f"inspect --json {os.path.basename(pkg)}", False, f"exit {r.returncode}: {tail(r.stderr)}")
+        return None
+    try:
+        return json.loads(r.stdout)
+    except ValueError as e:
+        h.check(f"inspect --json {os.path.basename(pkg)} parses", False, str(e))
+        return None
