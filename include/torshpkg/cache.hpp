@@ -21,8 +21,11 @@ class ChunkCache {
   explicit ChunkCache(std::uint64_t budget_bytes, unsigned shards = 16);
   using Loader = std::function<ChunkPtr()>;
   // Returns the cached buffer for `key`, or runs `load` (once across threads) and caches it.
-  // A load that throws is not cached; every waiter sees the exception.
-  ChunkPtr get(std::uint64_t key, const Loader &load);
+  // A load that throws is not cached; every waiter sees the exception. When `loaded` is given it
+  // tells whether this call ran the loader (so the caller can act once per decode).
+  ChunkPtr get(std::uint64_t key, const Loader &load, bool *loaded = nullptr);
+  // True when `key` is cached or being loaded.
+  [[nodiscard]] bool contains(std::uint64_t key) const;
 
   struct Stats {
     std::uint64_t hits = 0, misses = 0, evictions = 0, bytes = 0;

@@ -3,6 +3,8 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <span>
 #include <string>
 
@@ -16,6 +18,8 @@ using Digest = std::array<std::uint8_t, format::kDigestSize>;
 
 [[nodiscard]] Digest sha256(std::span<const std::uint8_t> data);
 [[nodiscard]] std::string to_hex(std::span<const std::uint8_t> bytes);
+// 64 hex digits -> digest; nullopt for anything else.
+[[nodiscard]] std::optional<Digest> from_hex(std::string_view hex);
 
 // Incremental SHA-256 for streams (whole-file digests, the package root).
 class Sha256 {

@@ -33,6 +33,10 @@ inline constexpr std::uint64_t kMaxManifestSize = 64ull << 20;
 inline constexpr std::uint64_t kMaxNameLength = 255;
 inline constexpr std::uint64_t kMaxSymlinkLength = 4095;
 inline constexpr std::uint32_t kMaxDepth = 512;
+// The driver serves the manifest at /.torshpkg/manifest.json, so no package may use that root name.
+inline constexpr std::string_view kReservedRootName = ".torshpkg";
+// Inode numbers must leave room for FUSE's numbering (ino + 1) and the driver's virtual inodes.
+inline constexpr std::uint64_t kMaxInodes = (1ull << 32) - 16;
 
 // Feature flags. Compat: a reader may ignore unknown bits. Incompat: a reader refuses unknown bits.
 namespace compat {

@@ -1,12 +1,17 @@
-// File reads through the cache: maps (inode, offset, length) to chunk slices.
+// File reads through the cache: maps (inode, offset, length) to chunk slices, and decodes ahead
+// of sequential readers on a small pool of background workers.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <unordered_set>
 #include <vector>
 
 #include "torshpkg/cache.hpp"
 #include "torshpkg/package.hpp"
+#include "torshpkg/pool.hpp"
 
 namespace torshpkg {
 
@@ -14,11 +19,14 @@ struct ChunkSlice {
   ChunkPtr chunk;  // keeps the bytes alive
   std::uint32_t offset = 0;
   std::uint32_t length = 0;
+  std::uint64_t file_chunk = 0;  // index of the chunk within the file
+  bool decoded_now = false;      // this call decoded it (it was neither cached nor in flight)
 };
 
 class Reader {
  public:
   Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes);
+  ~Reader();
   [[nodiscard]] const Package &package() const noexcept { return *pkg_; }
   [[nodiscard]] ChunkCache &cache() noexcept { return cache_; }
 
@@ -28,11 +36,27 @@ class Reader {
   // Copies into `out`; returns bytes copied (short only at end of file).
   std::size_t read(std::uint32_t ino, std::uint64_t offset, std::span<std::uint8_t> out);
   // The decoded chunk `index` of the package (verified), through the cache.
-  [[nodiscard]] ChunkPtr chunk(std::uint64_t index, std::uint32_t ino_for_errors);
+  [[nodiscard]] ChunkPtr chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now = nullptr);
+  [[nodiscard]] std::uint64_t chunks_in_file(std::uint32_t ino) const;
+
+  // Background decoding. `on_decoded` runs on a worker after a background decode (the FUSE front end
+  // pushes the chunk into the kernel page cache there). Start after fork(): threads do not survive it.
+  using DecodedFn = std::function<void(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &)>;
+  void start_workers(unsigned threads, DecodedFn on_decoded);
+  void stop_workers() noexcept;  // finishes queued work and joins
+  // Queues chunks [first, first+count) of a file for background decoding; skips chunks that are
+  // cached, in flight or past the end, and drops work when the queue is full (prefetch is a hint).
+  void prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count);
+  // Runs `job` on a background worker (or inline when there are none).
+  void run_in_background(std::function<void()> job);
 
  private:
   std::shared_ptr<const Package> pkg_;
   ChunkCache cache_;
+  DecodedFn on_decoded_;
+  std::mutex queued_mu_;
+  std::unordered_set<std::uint64_t> queued_;  // package chunk indices waiting for a worker
+  std::unique_ptr<ThreadPool> workers_;       // last: joined first on destruction
 };
 
 }  // namespace torshpkg

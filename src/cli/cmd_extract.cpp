@@ -21,7 +21,10 @@ class Extractor {
   Extractor(Reader &r, std::string dest) : reader_(r), pkg_(r.package()), dest_(std::move(dest)) {}
 
   void run() {
-    if (::mkdir(dest_.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("create directory", dest_);
+    if (::mkdir(dest_.c_str(), 0700) == 0)
+      created_root_ = true;
+    else if (errno != EEXIST)
+      throw_errno("create directory", dest_);
     std::uint64_t total = 0;
     for (std::uint32_t i = 0; i < pkg_.inode_count(); ++i)
       if (pkg_.type(i) == format::NodeType::kRegular) total += pkg_.inode(i).size;
@@ -66,6 +69,7 @@ class Extractor {
     // Directories last, deepest first, so their permissions and mtimes survive the writes inside them.
     for (std::uint32_t i = pkg_.inode_count(); i-- > 0;) {
       if (pkg_.type(i) != format::NodeType::kDirectory) continue;
+      if (i == 0 && !created_root_) continue;  // an existing DIR keeps its own mode and times
       const auto e = pkg_.inode(i);
       const std::string shown = dest_ + "/" + pkg_.path_of(i);
       const int fd = dir_fd(i);
@@ -106,6 +110,7 @@ class Extractor {
   const Package &pkg_;
   std::string dest_;
   UniqueFd root_;
+  bool created_root_ = false;
   UniqueFd cached_fd_;
   std::uint32_t cached_ino_ = 0;
 };

@@ -45,13 +45,15 @@ void add_pack(CLI::App &app, Action &action) {
   cmd->add_option("--name", opts->name, "Package name (default: the directory's name)");
   cmd->add_option("--version", opts->version, "Semantic version (default 0.1.0)");
   cmd->add_option("--description", opts->description, "One-line description");
-  cmd->add_option("--author", opts->authors, "Author (repeatable)");
+  cmd->add_option("--author", opts->authors, "Author (repeatable)")->allow_extra_args(false);
   cmd->add_option("--license", opts->license, "License identifier, e.g. Apache-2.0");
-  cmd->add_option("--depends", *deps, "Dependency NAME@RANGE, e.g. tokenizer-base@^1.2 (repeatable)");
+  cmd->add_option("--depends", *deps, "Dependency NAME@RANGE, e.g. tokenizer-base@^1.2 (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--chunk-size", *chunk, "Chunk size, a power of two from 64K to 4M (default 1M)");
   cmd->add_option("--level", opts->level, "zstd level (default 3)");
   cmd->add_option("--threads", opts->threads, "Compression threads (default: one per core)");
-  cmd->add_option("--exclude", opts->excludes, "Skip paths matching this shell glob (repeatable)");
+  cmd->add_option("--exclude", opts->excludes, "Skip paths matching this shell glob (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
   cmd->callback([&action, opts, chunk, deps, quiet] {
     action = [opts, chunk, deps, quiet]() -> int {

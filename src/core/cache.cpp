@@ -19,7 +19,14 @@ ChunkCache::ChunkCache(std::uint64_t budget_bytes, unsigned shards)
   for (unsigned i = 0; i < std::max(1u, shards); ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
-ChunkPtr ChunkCache::get(std::uint64_t key, const Loader &load) {
+bool ChunkCache::contains(std::uint64_t key) const {
+  const Shard &s = *shards_[mix(key) % shards_.size()];
+  std::lock_guard lock(s.mu);
+  return s.map.count(key) != 0;
+}
+
+ChunkPtr ChunkCache::get(std::uint64_t key, const Loader &load, bool *loaded) {
+  if (loaded) *loaded = false;
   Shard &s = *shards_[mix(key) % shards_.size()];
   std::promise<ChunkPtr> promise;
   {
@@ -48,6 +55,7 @@ ChunkPtr ChunkCache::get(std::uint64_t key, const Loader &load) {
     throw;
   }
   promise.set_value(value);
+  if (loaded) *loaded = true;
   std::lock_guard lock(s.mu);
   if (auto it = s.map.find(key); it != s.map.end()) {
     it->second.bytes = value->size();

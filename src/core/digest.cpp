@@ -42,4 +42,21 @@ std::string to_hex(std::span<const std::uint8_t> bytes) {
   return s;
 }
 
+std::optional<Digest> from_hex(std::string_view hex) {
+  if (hex.size() != 2 * std::tuple_size_v<Digest>) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  Digest d{};
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    d[i] = static_cast<std::uint8_t>(hi << 4 | lo);
+  }
+  return d;
+}
+
 }  // namespace torshpkg

@@ -57,6 +57,8 @@ Header decode_header(std::span<const std::uint8_t, kHeaderSize> in) {
     throw FormatError(fmt::format("package needs features this reader does not know (incompat flags {:#x})",
                                   h.incompat_flags & ~incompat::kKnown));
   h.chunk_shift = in[32];
+  if (std::any_of(&in[33], &in[kHeaderSize], [](std::uint8_t b) { return b != 0; }))
+    throw FormatError("header reserved bytes are not zero");
   if (h.chunk_shift < kMinChunkShift || h.chunk_shift > kMaxChunkShift)
     throw FormatError(fmt::format("chunk size 2^{} is outside 64 KiB..4 MiB", h.chunk_shift));
   return h;
@@ -85,6 +87,8 @@ Footer decode_footer(std::span<const std::uint8_t, kFooterSize> in) {
   if (load_le<std::uint32_t>(&in[96]) != kFooterSize) throw FormatError("bad footer size");
   if (load_le<std::uint16_t>(&in[100]) != kVersionMajor)
     throw FormatError(fmt::format("unsupported format version {} in footer", load_le<std::uint16_t>(&in[100])));
+  if (std::any_of(&in[104], &in[120], [](std::uint8_t b) { return b != 0; }))
+    throw FormatError("footer reserved bytes are not zero");
   Footer f;
   f.index_offset = load_le<std::uint64_t>(&in[0]);
   f.chunk_count = load_le<std::uint64_t>(&in[8]);

@@ -4,6 +4,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <unordered_map>
 #include <fmt/format.h>
 
 #include "torshpkg/codec.hpp"
@@ -14,9 +15,6 @@
 namespace torshpkg {
 
 namespace {
-
-// Largest inode count: FUSE inode numbers are ino+1 and a few above the table are virtual.
-constexpr std::uint64_t kMaxInodes = (1ull << 32) - 16;
 
 std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const char *what) {
   std::uint64_t r = 0;
@@ -39,7 +37,7 @@ struct Layout {
 Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
   if (f.reserved0 != 0) throw FormatError("footer reserved field is not zero");
   if (f.inode_count == 0) throw FormatError("package has no root directory");
-  if (f.inode_count > kMaxInodes) throw FormatError("too many inodes");
+  if (f.inode_count > format::kMaxInodes) throw FormatError("too many inodes");
   if (f.chunk_count > (1ull << 32)) throw FormatError("too many chunks");
   if (f.manifest_size > format::kMaxManifestSize)
     throw FormatError(fmt::format("manifest of {} bytes exceeds the {} byte limit", f.manifest_size,
@@ -133,6 +131,10 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
 void Package::validate_chunks() const {
   const std::uint32_t cs = chunk_size();
   const std::uint64_t max_stored = ZSTD_compressBound(cs);
+  // Deduplicated entries share stored bytes; the cache is keyed by their offset, so every entry at
+  // one offset must describe those bytes identically.
+  std::unordered_map<std::uint64_t, std::uint64_t> first_at;
+  first_at.reserve(static_cast<std::size_t>(footer_.chunk_count));
   for (std::uint64_t i = 0; i < footer_.chunk_count; ++i) {
     const auto c = chunk(i);
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("chunk {}: {}", i, why)); };
@@ -147,6 +149,14 @@ void Package::validate_chunks() const {
       throw bad("stored chunk whose sizes differ");
     if (c.offset < format::kHeaderSize || !range_within(c.offset, c.stored_size, footer_.index_offset))
       throw bad("stored bytes lie outside the data section");
+    if (load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0) throw bad("reserved bytes are not zero");
+    const auto [it, fresh] = first_at.emplace(c.offset, i);
+    if (!fresh) {
+      const auto o = chunk(it->second);
+      if (o.stored_size != c.stored_size || o.decoded_size != c.decoded_size || o.codec != c.codec ||
+          o.filter != c.filter || o.digest != c.digest)
+        throw bad(fmt::format("shares its stored bytes with chunk {} but describes them differently", it->second));
+    }
   }
 }
 
@@ -162,7 +172,9 @@ void Package::validate_inodes() const {
   for (std::uint64_t i = 0; i < n; ++i) {
     const auto e = inode(static_cast<std::uint32_t>(i));
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("inode {}: {}", i, why)); };
-    if (e.reserved != 0 || e.flags != 0) throw bad("reserved fields are not zero");
+    const auto *raw = &index_[inodes_at_ + i * format::kInodeEntrySize];
+    if (e.reserved != 0 || e.flags != 0 || raw[30] != 0 || raw[31] != 0) throw bad("reserved fields are not zero");
+    if ((e.mode & ~static_cast<std::uint32_t>(S_IFMT | 0777)) != 0) throw bad("mode has bits other than type and 0777");
     if (static_cast<unsigned>(e.kind) > static_cast<unsigned>(format::FileKind::kData)) throw bad("unknown kind");
     if (e.mtime_nsec >= 1'000'000'000u) throw bad("mtime nanoseconds out of range");
     const auto t = [&] {
@@ -180,12 +192,17 @@ void Package::validate_inodes() const {
       if (type(e.parent) != format::NodeType::kDirectory) throw bad("parent is not a directory");
       if (!range_within(e.name_offset, e.name_length, footer_.strings_size)) throw bad("name outside string table");
       if (auto why = name_problem(name(static_cast<std::uint32_t>(i)))) throw bad(*why);
+      if (e.parent == 0 && name(static_cast<std::uint32_t>(i)) == format::kReservedRootName)
+        throw bad("the root entry name .torshpkg is reserved");
       depth[i] = static_cast<std::uint16_t>(depth[e.parent] + 1);
       if (depth[i] > format::kMaxDepth) throw bad("directory tree too deep");
     }
     switch (t) {
       case format::NodeType::kDirectory: {
-        if (e.size == 0) break;
+        if (e.size == 0) {
+          if (e.first != 0) throw bad("empty directory with a first child");
+          break;
+        }
         if (e.first <= i || !range_within(e.first, e.size, n)) throw bad("children outside the inode table");
         for (std::uint64_t k = 0; k < e.size; ++k) {
           const auto child = static_cast<std::uint32_t>(e.first + k);
@@ -197,7 +214,10 @@ void Package::validate_inodes() const {
       }
       case format::NodeType::kRegular: {
         const std::uint64_t count = e.size / cs + (e.size % cs != 0);
-        if (count == 0) break;
+        if (count == 0) {
+          if (e.first != 0) throw bad("empty file with a first chunk");
+          break;
+        }
         if (e.first != next_chunk) throw bad("chunk run does not follow the previous file's");
         if (!range_within(e.first, count, footer_.chunk_count)) throw bad("chunks outside the chunk table");
         next_chunk += count;

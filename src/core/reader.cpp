@@ -8,22 +8,47 @@
 
 namespace torshpkg {
 
-Reader::Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes)
-    : pkg_(std::move(pkg)), cache_(cache_bytes) {}
+namespace {
+constexpr std::size_t kMaxQueued = 64;  // bounds memory held by queued prefetches
+}
 
-ChunkPtr Reader::chunk(std::uint64_t index, std::uint32_t ino_for_errors) {
+namespace {
+// Enough shards to spread lock contention, few enough that each holds several chunks: the budget is
+// split evenly and a shard smaller than a chunk would cache nothing.
+unsigned shards_for(std::uint64_t budget, std::uint32_t chunk_size) {
+  return static_cast<unsigned>(std::clamp<std::uint64_t>(budget / (4ull * chunk_size), 1, 16));
+}
+}  // namespace
+
+Reader::Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes)
+    : pkg_(std::move(pkg)), cache_(cache_bytes, shards_for(cache_bytes, pkg_->chunk_size())) {}
+
+Reader::~Reader() { stop_workers(); }
+
+void Reader::stop_workers() noexcept { workers_.reset(); }
+
+ChunkPtr Reader::chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now) {
   const auto entry = pkg_->chunk(index);
   // Keyed by where the stored bytes live: deduplicated chunks share one cache entry.
-  return cache_.get(entry.offset, [&]() -> ChunkPtr {
-    thread_local std::vector<std::uint8_t> scratch;
-    auto buf = std::make_shared<ChunkBuffer>(entry.decoded_size);
-    try {
-      pkg_->load_chunk(index, *buf, scratch);
-    } catch (const IntegrityError &e) {
-      throw IntegrityError(fmt::format("{}: {}: {}", pkg_->path(), pkg_->path_of(ino_for_errors), e.what()));
-    }
-    return buf;
-  });
+  return cache_.get(
+      entry.offset,
+      [&]() -> ChunkPtr {
+        thread_local std::vector<std::uint8_t> scratch;
+        auto buf = std::make_shared<ChunkBuffer>(entry.decoded_size);
+        try {
+          pkg_->load_chunk(index, *buf, scratch);
+        } catch (const IntegrityError &e) {
+          throw IntegrityError(fmt::format("{}: {}: {}", pkg_->path(), pkg_->path_of(ino_for_errors), e.what()));
+        }
+        return buf;
+      },
+      decoded_now);
+}
+
+std::uint64_t Reader::chunks_in_file(std::uint32_t ino) const {
+  const auto e = pkg_->inode(ino);
+  if (pkg_->type(ino) != format::NodeType::kRegular) return 0;
+  return (e.size >> pkg_->header().chunk_shift) + ((e.size & (pkg_->chunk_size() - 1)) != 0);
 }
 
 std::vector<ChunkSlice> Reader::slices(std::uint32_t ino, std::uint64_t offset, std::uint64_t length) {
@@ -37,9 +62,12 @@ std::vector<ChunkSlice> Reader::slices(std::uint32_t ino, std::uint64_t offset, 
   while (length > 0) {
     const std::uint64_t k = offset >> shift;
     const auto in_chunk = static_cast<std::uint32_t>(offset & mask);
-    auto buf = chunk(e.first + k, ino);
+    bool decoded = false;
+    auto buf = chunk(e.first + k, ino, &decoded);
+    if (in_chunk >= buf->size())  // cannot happen in a validated package; never read past a buffer
+      throw FormatError(fmt::format("{}: {}: chunk {} shorter than its file says", pkg_->path(), pkg_->path_of(ino), k));
     const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(length, buf->size() - in_chunk));
-    out.push_back({std::move(buf), in_chunk, n});
+    out.push_back({std::move(buf), in_chunk, n, k, decoded});
     offset += n;
     length -= n;
   }
@@ -53,6 +81,48 @@ std::size_t Reader::read(std::uint32_t ino, std::uint64_t offset, std::span<std:
     done += s.length;
   }
   return done;
+}
+
+void Reader::start_workers(unsigned threads, DecodedFn on_decoded) {
+  on_decoded_ = std::move(on_decoded);
+  workers_ = std::make_unique<ThreadPool>(threads);
+}
+
+void Reader::run_in_background(std::function<void()> job) {
+  if (!workers_) {
+    job();
+    return;
+  }
+  (void)workers_->submit(std::move(job));
+}
+
+void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count) {
+  if (!workers_) return;
+  const std::uint64_t end = std::min(first + count, chunks_in_file(ino));
+  const auto base = pkg_->inode(ino).first;
+  for (std::uint64_t k = first; k < end; ++k) {
+    const std::uint64_t index = base + k;
+    if (cache_.contains(pkg_->chunk(index).offset)) continue;
+    {
+      std::lock_guard lock(queued_mu_);
+      if (queued_.size() >= kMaxQueued) return;
+      if (!queued_.insert(index).second) continue;
+    }
+    (void)workers_->submit([this, ino, k, index] {
+      bool decoded = false;
+      ChunkPtr c;
+      try {
+        c = chunk(index, ino, &decoded);
+      } catch (const std::exception &) {
+        // A damaged chunk is reported when a reader asks for it; prefetch stays silent.
+      }
+      {
+        std::lock_guard lock(queued_mu_);
+        queued_.erase(index);
+      }
+      if (c && decoded && on_decoded_) on_decoded_(ino, k, c);
+    });
+  }
 }
 
 }  // namespace torshpkg

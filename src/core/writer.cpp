@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <unordered_map>
 
 #include "torshpkg/codec.hpp"
@@ -111,13 +112,15 @@ class Walker {
     }
     // BFS order: children were appended in sorted order, directory by directory.
     for (std::size_t i = 0; i < nodes_.size(); ++i) nodes_[i].ino = static_cast<std::uint32_t>(i);
-    if (nodes_.size() >= (1ull << 32) - 16) throw UsageError("too many entries for one package");
+    if (nodes_.size() > format::kMaxInodes) throw UsageError("too many entries for one package");
     return std::move(nodes_);
   }
 
  private:
   void list_dir(std::size_t idx) {
     const std::string dir_path = full(nodes_[idx].rel);
+    if (depth_of(idx) >= format::kMaxDepth)
+      throw UsageError(fmt::format("{}: directory tree deeper than {} levels", dir_path, format::kMaxDepth));
     std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir_path.c_str()), ::closedir);
     if (!d) throw_errno("open directory", dir_path);
     std::vector<std::string> names;
@@ -131,7 +134,7 @@ class Walker {
       const std::string rel = nodes_[idx].rel.empty() ? nm : nodes_[idx].rel + "/" + nm;
       if (excluded(opts_.excludes, rel, nm)) continue;
       if (auto why = name_problem(nm)) throw UsageError(fmt::format("{}: cannot pack this name: {}", full(rel), *why));
-      if (idx == 0 && nm == ".torshpkg")
+      if (idx == 0 && nm == format::kReservedRootName)
         throw UsageError(full(rel) + ": the name .torshpkg is reserved at the package root");
       Node n;
       n.name = nm;
@@ -148,6 +151,11 @@ class Walker {
       nodes_[idx].children.push_back(nodes_.size());
       nodes_.push_back(std::move(n));
     }
+  }
+  std::uint32_t depth_of(std::size_t idx) const {
+    std::uint32_t d = 0;
+    for (; idx != 0; idx = nodes_[idx].parent) ++d;
+    return d;
   }
   std::string full(const std::string &rel) const { return rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + rel; }
 
@@ -170,14 +178,16 @@ std::string iso8601_utc(std::time_t t) {
   return buf;
 }
 
-std::time_t creation_time() {
-  // Reproducible builds: honour SOURCE_DATE_EPOCH when set.
-  if (const char *sde = std::getenv("SOURCE_DATE_EPOCH")) {
-    char *end = nullptr;
-    const long long v = std::strtoll(sde, &end, 10);
-    if (end && *end == '\0' && v >= 0) return static_cast<std::time_t>(v);
-  }
-  return std::time(nullptr);
+// Reproducible builds: SOURCE_DATE_EPOCH, when set, is the creation time and clamps file mtimes.
+std::optional<std::time_t> source_date_epoch() {
+  const char *sde = std::getenv("SOURCE_DATE_EPOCH");
+  if (!sde || !*sde) return std::nullopt;
+  char *end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(sde, &end, 10);
+  if (errno != 0 || !end || *end != '\0' || v < 0)
+    throw UsageError(fmt::format("SOURCE_DATE_EPOCH='{}' is not a number of seconds", sde));
+  return static_cast<std::time_t>(v);
 }
 
 class Packer {
@@ -293,14 +303,17 @@ class Packer {
     c.decoded_size = enc.decoded_size;
     c.stored_size = static_cast<std::uint32_t>(enc.stored.size());
     c.digest = enc.digest;
-    if (auto it = dedup_.find(enc.digest); it != dedup_.end()) {
-      c.offset = it->second;
+    // Equal digests mean equal stored bytes, but the same bytes can be a stored chunk of one file and
+    // a zstd frame of another: share only when the entries would describe the bytes identically.
+    const auto it = dedup_.find(enc.digest);
+    if (it != dedup_.end() && it->second.codec == c.codec && it->second.decoded_size == c.decoded_size) {
+      c.offset = it->second.offset;
       result_.dedup_saved_bytes += c.stored_size;
     } else {
       c.offset = pos_;
       write_all(fd_, enc.stored, out_name());
       pos_ += enc.stored.size();
-      dedup_.emplace(enc.digest, c.offset);
+      dedup_.emplace(enc.digest, c);
       result_.stored_bytes += c.stored_size;
       ++result_.unique_chunks;
     }
@@ -346,6 +359,7 @@ class Packer {
       e.parent = n.parent;
       e.mtime_sec = n.st.st_mtim.tv_sec;
       e.mtime_nsec = static_cast<std::uint32_t>(n.st.st_mtim.tv_nsec);
+      if (epoch_ && e.mtime_sec >= *epoch_) e.mtime_sec = *epoch_, e.mtime_nsec = 0;
       if (n.ino != 0) {
         e.name_offset = add_string(n.name);
         e.name_length = static_cast<std::uint32_t>(n.name.size());
@@ -401,7 +415,7 @@ class Packer {
     m["description"] = opts_.description;
     m["authors"] = opts_.authors;
     m["license"] = opts_.license;
-    m["created"] = iso8601_utc(creation_time());
+    m["created"] = iso8601_utc(epoch_ ? *epoch_ : std::time(nullptr));
     m["tool"] = fmt::format("torshpkg {}", kVersion);
     auto deps = nlohmann::ordered_json::array();
     for (const auto &d : opts_.dependencies) deps.push_back({{"name", d.name}, {"range", d.range}});
@@ -415,11 +429,12 @@ class Packer {
 
   const PackOptions &opts_;
   const std::uint32_t chunk_size_;
+  const std::optional<std::time_t> epoch_ = source_date_epoch();
   ThreadPool pool_;
   std::vector<Node> nodes_;
   std::vector<format::InodeEntry> inodes_;
   std::vector<format::ChunkEntry> chunks_;
-  std::unordered_map<Digest, std::uint64_t, DigestHash> dedup_;
+  std::unordered_map<Digest, format::ChunkEntry, DigestHash> dedup_;  // digest of stored bytes -> first entry
   nlohmann::ordered_json files_json_ = nlohmann::ordered_json::object();
   std::array<std::uint8_t, format::kHeaderSize> header_bytes_{};
   int fd_ = -1;
@@ -453,6 +468,13 @@ PackResult pack(const PackOptions &in) {
   if (o.chunk_shift < format::kMinChunkShift || o.chunk_shift > format::kMaxChunkShift)
     throw UsageError("chunk size must be a power of two from 64 KiB to 4 MiB");
   if (o.output.empty()) throw UsageError("no output file given (-o FILE)");
+  (void)ChunkEncoder(o.level);  // rejects a bad level before any work
+  auto check_text = [](std::string_view what, const std::string &v) {
+    if (!valid_utf8(v)) throw UsageError(fmt::format("{} is not valid UTF-8", what));
+  };
+  check_text("--description", o.description);
+  check_text("--license", o.license);
+  for (const auto &a : o.authors) check_text("--author", a);
   return Packer(o).run();
 }
 

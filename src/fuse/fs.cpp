@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <new>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "torshpkg/errors.hpp"
@@ -62,6 +63,65 @@ Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts)
       gid_(opts.gid.value_or(::getgid())), subdirs_(pkg->inode_count(), 0) {
   for (std::uint32_t i = 1; i < pkg_->inode_count(); ++i)
     if (pkg_->type(i) == format::NodeType::kDirectory) ++subdirs_[pkg_->inode(i).parent];
+}
+
+void Filesystem::stop() { reader_.stop_workers(); }
+
+void Filesystem::start(fuse_session *se) {
+  se_ = se;
+  readahead_chunks_ = opts_.readahead_bytes / pkg_->chunk_size();
+  const unsigned workers = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
+  reader_.start_workers(workers, [this](std::uint32_t ino, std::uint64_t k, const ChunkPtr &c) {
+    if (opts_.push_to_page_cache) push_to_page_cache(ino, k, c);
+  });
+}
+
+void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk) {
+  // Neighbouring reads of this chunk then never reach the daemon, as with a kernel filesystem.
+  // Failure is harmless (e.g. ENOENT when the kernel has forgotten the inode): reads still work.
+  fuse_bufvec bufv{};  // FUSE_BUFVEC_INIT is a C compound literal
+  bufv.count = 1;
+  bufv.buf[0].size = chunk->size();
+  bufv.buf[0].fd = -1;
+  bufv.buf[0].mem = const_cast<std::uint8_t *>(chunk->data());
+  (void)fuse_lowlevel_notify_store(se_, ino + 1, static_cast<off_t>(file_chunk << pkg_->header().chunk_shift), &bufv,
+                                   FUSE_BUF_NO_SPLICE);
+}
+
+void Filesystem::after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
+  // Runs after the reply: nothing here may throw into `guarded`, which would reply a second time.
+  try {
+    schedule_after_read(ino, of, slices);
+  } catch (const std::exception &e) {
+    log_error(e.what());
+  }
+}
+
+void Filesystem::schedule_after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) {
+  if (slices.empty()) return;
+  // Chunks this read had to decode go to the page cache off the request path: the pages of this
+  // request are unlocked only once its reply is in, so the push must not run before that.
+  if (opts_.push_to_page_cache)
+    for (const auto &s : slices)
+      if (s.decoded_now)
+        reader_.run_in_background([this, ino, k = s.file_chunk, c = s.chunk] { push_to_page_cache(ino, k, c); });
+  if (!of || readahead_chunks_ == 0) return;
+  const std::uint64_t first = slices.front().file_chunk, last = slices.back().file_chunk;
+  std::uint64_t from = 0, count = 0;
+  {
+    std::lock_guard lock(of->mu);
+    // Sequential: the stream starts at the file's head, or continues within what was queued ahead.
+    const bool sequential = (of->last_chunk == UINT64_MAX && first == 0) ||
+                            (of->last_chunk != UINT64_MAX && first >= of->last_chunk && first <= of->ahead_until);
+    of->last_chunk = last;
+    if (!sequential) return;
+    from = std::max(last + 1, of->ahead_until);
+    const std::uint64_t until = last + 1 + readahead_chunks_;
+    if (from >= until) return;
+    count = until - from;
+    of->ahead_until = until;
+  }
+  reader_.prefetch(ino, from, count);
 }
 
 void Filesystem::log_error(const std::string &msg) {
@@ -168,10 +228,17 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
     return;
   }
   fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
-  fuse_reply_open(req, fi);
+  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>();
+  fi->fh = reinterpret_cast<std::uint64_t>(of.get());
+  if (fuse_reply_open(req, fi) == 0) of.release();  // owned by the kernel's handle until release
 }
 
-void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
+void Filesystem::release(fuse_req_t req, fuse_file_info *fi) {
+  delete reinterpret_cast<OpenFile *>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info *fi) {
   if (off < 0) throw UsageError("negative offset");
   if (ino == manifest_ino()) {
     const auto text = pkg_->manifest_text();
@@ -180,13 +247,15 @@ void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
     fuse_reply_buf(req, text.data() + start, n);
     return;
   }
-  const auto slices = reader_.slices(to_pkg(ino), static_cast<std::uint64_t>(off), size);
+  const auto i = to_pkg(ino);
+  const auto slices = reader_.slices(i, static_cast<std::uint64_t>(off), size);
   std::vector<iovec> iov;
   iov.reserve(slices.size());
   for (const auto &s : slices)
     iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
   // The slices hold the chunks alive until the reply has been written.
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+  after_read(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
 }
 
 void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
@@ -251,22 +320,24 @@ void Filesystem::statfs(fuse_req_t req) {
   fuse_reply_statfs(req, &s);
 }
 
-const std::string &Filesystem::file_sha256(std::uint32_t ino) const {
+std::string Filesystem::file_sha256(std::uint32_t ino) const {
   // The manifest is parsed only when someone asks for a digest: mounting never pays for it.
   std::call_once(sha_once_, [this] {
     sha_.assign(pkg_->inode_count(), {});
+    has_sha_.assign(pkg_->inode_count(), false);
     try {
       const auto m = nlohmann::json::parse(pkg_->manifest_text());
       if (!m.contains("files") || !m["files"].is_object()) return;
       for (const auto &[path, f] : m["files"].items()) {
         const auto i = pkg_->resolve(path);
-        if (i && f.is_object() && f.contains("sha256") && f["sha256"].is_string()) sha_[*i] = f["sha256"];
+        if (!i || !f.is_object() || !f.contains("sha256") || !f["sha256"].is_string()) continue;
+        if (auto d = from_hex(f["sha256"].get<std::string>())) sha_[*i] = *d, has_sha_[*i] = true;
       }
     } catch (const nlohmann::json::exception &e) {
       throw FormatError(fmt::format("{}: manifest is not valid JSON: {}", pkg_->path(), e.what()));
     }
   });
-  return sha_[ino];
+  return has_sha_[ino] ? to_hex(sha_[ino]) : std::string();
 }
 
 std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t ino) const {
@@ -286,7 +357,7 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
   if (pkg_->type(i) != format::NodeType::kRegular) return out;
   const auto e = pkg_->inode(i);
   out.emplace_back("user.torshpkg.kind", std::string(format::kind_name(e.kind)));
-  if (const auto &sha = file_sha256(i); !sha.empty()) out.emplace_back("user.torshpkg.sha256", sha);
+  if (const auto sha = file_sha256(i); !sha.empty()) out.emplace_back("user.torshpkg.sha256", sha);
   out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg_->stored_size(i)));
   bool zstd = false, stored = false;
   const std::uint64_t count = (e.size + pkg_->chunk_size() - 1) / pkg_->chunk_size();
@@ -332,9 +403,10 @@ const fuse_lowlevel_ops &Filesystem::operations() {
     o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *) { guarded(r, [&] { fs_of(r).getattr(r, i); }); };
     o.readlink = [](fuse_req_t r, fuse_ino_t i) { guarded(r, [&] { fs_of(r).readlink(r, i); }); };
     o.open = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *fi) { guarded(r, [&] { fs_of(r).open(r, i, fi); }); };
-    o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *) {
-      guarded(r, [&] { fs_of(r).read(r, i, s, off); });
+    o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *fi) {
+      guarded(r, [&] { fs_of(r).read(r, i, s, off, fi); });
     };
+    o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info *fi) { guarded(r, [&] { fs_of(r).release(r, fi); }); };
     o.opendir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info *fi) { guarded(r, [&] { fs_of(r).opendir(r, i, fi); }); };
     o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info *) {
       guarded(r, [&] { fs_of(r).readdir(r, i, s, off, false); });

@@ -23,7 +23,8 @@ class Filesystem {
   void getattr(fuse_req_t req, fuse_ino_t ino);
   void readlink(fuse_req_t req, fuse_ino_t ino);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi);
-  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off);
+  void release(fuse_req_t req, fuse_file_info *fi);
+  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info *fi);
   void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi);
   void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus);
   void statfs(fuse_req_t req);
@@ -32,6 +33,10 @@ class Filesystem {
 
   void log_error(const std::string &msg);
   void set_daemonized(bool d) noexcept { daemonized_ = d; }
+  // Starts background decoding once the session exists (after fork: threads do not survive it).
+  void start(fuse_session *se);
+  // Joins background work; call before the session is destroyed.
+  void stop();
 
  private:
   // FUSE inode numbers: package inode i is i+1 (the root is FUSE_ROOT_ID); two virtual inodes
@@ -42,7 +47,16 @@ class Filesystem {
   [[nodiscard]] struct stat attr(fuse_ino_t ino) const;
   [[nodiscard]] fuse_entry_param entry(fuse_ino_t ino) const;
   [[nodiscard]] std::vector<std::pair<std::string, std::string>> xattrs(fuse_ino_t ino) const;
-  [[nodiscard]] const std::string &file_sha256(std::uint32_t ino) const;
+  [[nodiscard]] std::string file_sha256(std::uint32_t ino) const;  // hex, or "" when the manifest has none
+  // Per open file: where its reader is, to tell a sequential stream from random access.
+  struct OpenFile {
+    std::uint64_t last_chunk = UINT64_MAX;  // last chunk a read touched
+    std::uint64_t ahead_until = 0;          // chunks before this were queued for decode-ahead
+    std::mutex mu;
+  };
+  void after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
+  void schedule_after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices);
+  void push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk);
 
   std::shared_ptr<const Package> pkg_;
   Reader reader_;
@@ -51,10 +65,13 @@ class Filesystem {
   gid_t gid_;
   std::vector<std::uint32_t> subdirs_;  // per directory, for st_nlink
   mutable std::once_flag sha_once_;
-  mutable std::vector<std::string> sha_;  // per inode, from the manifest, parsed on first use
+  mutable std::vector<Digest> sha_;       // per inode, from the manifest, parsed on first use
+  mutable std::vector<bool> has_sha_;
   std::mutex log_mu_;
   std::unordered_set<std::string> logged_;
   bool daemonized_ = false;
+  fuse_session *se_ = nullptr;
+  std::uint64_t readahead_chunks_ = 0;
 };
 
 }  // namespace torshpkg::mount

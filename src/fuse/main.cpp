@@ -74,11 +74,13 @@ int serve(const Options &opts) {
     ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
     fs.set_daemonized(true);
   }
+  fs.start(se.get());
   fuse_loop_config *cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, opts.threads);
   fuse_loop_cfg_set_idle_threads(cfg, std::max(1u, opts.threads / 2));
   const int rc = fuse_session_loop_mt(se.get(), cfg);
   fuse_loop_cfg_destroy(cfg);
+  fs.stop();
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   return rc == 0 ? kOk : kFailure;

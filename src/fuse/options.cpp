@@ -20,6 +20,9 @@ and every chunk is checked against its SHA-256 before any byte is returned.
   -o umask=OOO    clear these permission bits (octal; default: modes as packed)
   -o cache_size=S decoded-chunk cache budget, e.g. 512M (default 256M)
   -o threads=N    FUSE worker threads (default 8)
+  -o workers=N    background decoding threads (default: one per core)
+  -o readahead=S  decode this far ahead of sequential readers (default 8M; 0 disables)
+  -o nopush       do not push whole decoded chunks into the kernel page cache
   -o allow_other, allow_root, fsname=NAME, subtype=NAME
   -h, --help      this help
   -V, --version   version
@@ -71,6 +74,13 @@ void apply_option_list(Options &o, std::string_view list) {
     else if (key == "threads") {
       o.threads = parse_uint("threads", value, 10);
       if (o.threads < 1 || o.threads > 256) throw UsageError("threads must be from 1 to 256");
+    } else if (key == "workers") {
+      o.workers = parse_uint("workers", value, 10);
+      if (o.workers > 64) throw UsageError("workers must be from 0 to 64");
+    } else if (key == "readahead") {
+      o.readahead_bytes = parse_size("readahead", value);
+    } else if (opt == "nopush") {
+      o.push_to_page_cache = false;
     } else if (opt == "allow_other" || opt == "allow_root" || opt == "default_permissions" || key == "fsname" ||
                key == "subtype" || key == "max_read")
       o.fuse_options.push_back(opt);

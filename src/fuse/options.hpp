@@ -17,6 +17,9 @@ struct Options {
   std::optional<std::uint32_t> uid, gid, umask;
   std::uint64_t cache_bytes = 256ull << 20;
   unsigned threads = 8;
+  unsigned workers = 0;                     // background decoders; 0: one per core
+  std::uint64_t readahead_bytes = 8ull << 20;  // decode this far ahead of sequential readers
+  bool push_to_page_cache = true;           // hand whole decoded chunks to the kernel page cache
   std::vector<std::string> fuse_options;  // passed to libfuse: allow_other, fsname=, ...
 };
 
