@@ -26,7 +26,7 @@ class Sha256 {
  public:
   Sha256();
   void update(std::span<const std::uint8_t> data);
-  [[nodiscard]] Digest finish();  // the object may not be updated afterwards
+  [[nodiscard]] Digest finish();  // and starts over: the object can hash the next message
 
  private:
   struct Free {

@@ -6,10 +6,20 @@
 
 namespace torshpkg {
 
+namespace {
+// OpenSSL 3 looks the algorithm up in a locked provider store on every implicit EVP_sha256() use;
+// fetching once avoids that lock on the hot path (one digest per chunk read).
+const EVP_MD *sha256_md() {
+  static EVP_MD *md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  if (!md) throw Error("OpenSSL: SHA-256 unavailable");
+  return md;
+}
+}  // namespace
+
 void Sha256::Free::operator()(evp_md_ctx_st *ctx) const noexcept { EVP_MD_CTX_free(ctx); }
 
 Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) throw Error("OpenSSL: cannot start SHA-256");
+  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1) throw Error("OpenSSL: cannot start SHA-256");
 }
 
 void Sha256::update(std::span<const std::uint8_t> data) {
@@ -20,15 +30,15 @@ Digest Sha256::finish() {
   Digest d{};
   unsigned len = 0;
   if (EVP_DigestFinal_ex(ctx_.get(), d.data(), &len) != 1 || len != d.size()) throw Error("OpenSSL: SHA-256 failed");
+  // Ready for the next message: EVP_DigestInit_ex with the same md reuses the context's state.
+  if (EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1) throw Error("OpenSSL: cannot restart SHA-256");
   return d;
 }
 
 Digest sha256(std::span<const std::uint8_t> data) {
-  Digest d{};
-  unsigned len = 0;
-  if (EVP_Digest(data.data(), data.size(), d.data(), &len, EVP_sha256(), nullptr) != 1 || len != d.size())
-    throw Error("OpenSSL: SHA-256 failed");
-  return d;
+  thread_local Sha256 ctx;  // one context per thread, re-initialised per digest
+  ctx.update(data);
+  return ctx.finish();
 }
 
 std::string to_hex(std::span<const std::uint8_t> bytes) {

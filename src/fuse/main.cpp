@@ -1,4 +1,5 @@
 // mount.torshpkg: validates the package, mounts it, daemonises once the mount is usable.
+#include <malloc.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -70,6 +71,9 @@ int serve(const Options &opts) {
     fuse_remove_signal_handlers(se.get());
     throw Error("cannot daemonise");
   }
+  // Decoded chunks (64 KiB..4 MiB) come from mmap, so an evicted chunk goes back to the OS at once
+  // instead of fragmenting per-thread heaps (glibc would raise its threshold after the first free).
+  ::mallopt(M_MMAP_THRESHOLD, 64 * 1024);
   if (!opts.foreground) {
     ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
     fs.set_daemonized(true);
