@@ -18,14 +18,24 @@ class ChunkEncoder {
   // Encodes one chunk into `out` and returns the codec used: zstd, or stored when
   // compression saves less than kMinSavingPercent.
   format::Codec encode(std::span<const std::uint8_t> raw, std::vector<std::uint8_t> &out);
+  // zstd of the filtered form of `raw` (filter.hpp) into `out`; returns the compressed size.
+  std::size_t encode_filtered(format::Filter f, unsigned phase, std::span<const std::uint8_t> raw,
+                              std::vector<std::uint8_t> &out);
   static constexpr unsigned kMinSavingPercent = 3;
+  // Filtered planes use this level when the requested one is at most kFilteredLevelUpTo: on
+  // exponent planes zstd's short matches cost more than Huffman-coded literals, so level 1 packs
+  // smaller and faster than 3..9, and decodes about twice as fast (docs/PERFORMANCE.md).
+  static constexpr int kFilteredLevel = 1, kFilteredLevelUpTo = 9;
 
  private:
   struct Free {
     void operator()(ZSTD_CCtx_s *c) const noexcept;
   };
+  static std::size_t compress(ZSTD_CCtx_s *cctx, std::span<const std::uint8_t> in, std::vector<std::uint8_t> &out);
   std::unique_ptr<ZSTD_CCtx_s, Free> cctx_;
+  std::unique_ptr<ZSTD_CCtx_s, Free> filtered_cctx_;
   int level_;
+  std::vector<std::uint8_t> filtered_;  // scratch
 };
 
 class ChunkDecoder {
@@ -41,6 +51,7 @@ class ChunkDecoder {
     void operator()(ZSTD_DCtx_s *d) const noexcept;
   };
   std::unique_ptr<ZSTD_DCtx_s, Free> dctx_;
+  std::vector<std::uint8_t> filtered_;  // scratch for filtered chunks
 };
 
 }  // namespace torshpkg

@@ -45,12 +45,14 @@ inline constexpr std::uint64_t kKnown = 0;
 namespace incompat {
 inline constexpr std::uint64_t kEncrypted = 1ull << 0;    // reserved: chunk payloads are encrypted
 inline constexpr std::uint64_t kBaseRefs = 1ull << 1;     // reserved: chunks may live in a base package
-inline constexpr std::uint64_t kFilters = 1ull << 2;      // reserved: chunks may use byte-grouping filters
-inline constexpr std::uint64_t kKnown = 0;                // what this reader implements
+inline constexpr std::uint64_t kFilters = 1ull << 2;      // chunks may use byte-grouping filters (ids 1-3)
+inline constexpr std::uint64_t kKnown = kFilters;         // what this reader implements
 }  // namespace incompat
 
 enum class Codec : std::uint8_t { kStored = 0, kZstd = 1 };
-enum class Filter : std::uint8_t { kNone = 0 };  // 1 bf16, 2 fp16, 3 fp32 are reserved (FORMAT.md)
+// Byte-grouping filters (filter.hpp), applied before zstd. bf16 and fp16 share the 2-byte transform;
+// the id also records the dtype the packer saw, for reporting.
+enum class Filter : std::uint8_t { kNone = 0, kBf16 = 1, kFp16 = 2, kFp32 = 3 };
 // Chunk entry flags; bit 0 is reserved for "stored in the base package".
 inline constexpr std::uint16_t kChunkFlagBaseRef = 1u << 0;
 

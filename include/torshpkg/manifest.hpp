@@ -24,10 +24,15 @@ struct Dependency {
 // Parses "NAME@RANGE" (or "NAME" for any version); throws UsageError with the reason.
 [[nodiscard]] Dependency parse_dependency(std::string_view spec);
 
+struct TensorRange {
+  std::uint64_t begin = 0, end = 0;  // absolute offsets in the file
+  std::string dtype;
+};
 struct SafetensorsSummary {
   std::uint64_t tensors = 0;
   std::uint64_t parameters = 0;
   std::map<std::string, std::uint64_t> dtypes;  // dtype -> tensor count
+  std::vector<TensorRange> ranges;              // sorted by begin, non-overlapping
 };
 // Parses a safetensors header (given its first bytes and the file size) with bounds checks:
 // header length <= 100 MB, JSON object, data offsets inside the data section, no overlaps.

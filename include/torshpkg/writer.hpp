@@ -31,6 +31,7 @@ struct PackOptions {
   int level = 3;
   unsigned threads = 0;  // 0: one per core
   std::vector<std::string> excludes;  // shell globs, matched against the relative path and the base name
+  bool filters = true;  // byte-grouping filters for float weights (--filters=auto|none)
   std::function<void(const PackProgress &)> progress;  // called from the packing thread, about 10 times a second
   const std::atomic<bool> *cancel = nullptr;  // set to stop early; the output is then not created
   std::function<void(const std::string &)> warn;  // skipped entries and the like
@@ -41,6 +42,7 @@ struct PackResult {
   std::uint64_t chunks = 0, unique_chunks = 0;
   std::uint64_t raw_bytes = 0, stored_bytes = 0, dedup_saved_bytes = 0;
   std::uint64_t package_bytes = 0;
+  std::uint64_t filtered_chunks = 0;
   Digest root{};
 };
 

@@ -8,6 +8,7 @@
 #include "cli.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/filter.hpp"
 #include "torshpkg/package.hpp"
 
 namespace torshpkg::cli {
@@ -27,9 +28,15 @@ nlohmann::ordered_json summarise(const Package &pkg) {
   std::unordered_set<std::uint64_t> seen;
   std::uint64_t stored = 0, dedup_saved = 0;
   std::map<std::string, std::uint64_t> codecs;
+  struct FilterUse {
+    std::uint64_t chunks = 0, raw = 0, stored = 0;
+  };
+  std::map<std::string, FilterUse> filters;
   for (std::uint64_t k = 0; k < pkg.chunk_count(); ++k) {
     const auto c = pkg.chunk(k);
     ++codecs[std::string(format::codec_name(c.codec))];
+    auto &f = filters[std::string(filter_name(c.filter))];
+    ++f.chunks, f.raw += c.decoded_size, f.stored += c.stored_size;
     if (seen.insert(c.offset).second)
       stored += c.stored_size;
     else
@@ -47,6 +54,11 @@ nlohmann::ordered_json summarise(const Package &pkg) {
   j["chunks"] = pkg.chunk_count();
   j["unique_chunks"] = seen.size();
   j["codecs"] = codecs;
+  auto fj = nlohmann::ordered_json::object();
+  for (const auto &[name, f] : filters)
+    fj[name] = {{"chunks", f.chunks}, {"raw_bytes", f.raw}, {"stored_bytes", f.stored},
+                {"ratio", f.raw ? static_cast<double>(f.stored) / static_cast<double>(f.raw) : 1.0}};
+  j["filters"] = std::move(fj);
   j["raw_bytes"] = raw;
   j["stored_bytes"] = stored;
   j["dedup_saved_bytes"] = dedup_saved;
@@ -88,6 +100,10 @@ void print_human(const nlohmann::ordered_json &j) {
              human_bytes(j["chunk_size"].get<std::uint64_t>()), j["unique_chunks"].get<std::uint64_t>());
   for (const auto &[codec, n] : j["codecs"].items()) fmt::print(", {} {}", n.get<std::uint64_t>(), codec);
   fmt::print("\n");
+  for (const auto &[name, f] : j["filters"].items())
+    fmt::print("filter      {:<5} {} chunks, {} -> {} ({:.3f})\n", name, f["chunks"].get<std::uint64_t>(),
+               human_bytes(f["raw_bytes"].get<std::uint64_t>()), human_bytes(f["stored_bytes"].get<std::uint64_t>()),
+               f["ratio"].get<double>());
   fmt::print("size        {} of files in {} ({:.3f}); dedup saved {}\n", human_bytes(j["raw_bytes"].get<std::uint64_t>()),
              human_bytes(j["package_bytes"].get<std::uint64_t>()), j["ratio"].get<double>(),
              human_bytes(j["dedup_saved_bytes"].get<std::uint64_t>()));

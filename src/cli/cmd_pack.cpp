@@ -39,6 +39,7 @@ void add_pack(CLI::App &app, Action &action) {
   auto chunk = std::make_shared<std::string>("1M");
   auto deps = std::make_shared<std::vector<std::string>>();
   auto quiet = std::make_shared<bool>(false);
+  auto filters = std::make_shared<std::string>("auto");
   auto *cmd = app.add_subcommand("pack", "Pack a directory into a .tpkg package");
   cmd->add_option("DIR", opts->source_dir, "Directory to pack")->required()->check(CLI::ExistingDirectory);
   cmd->add_option("-o,--output", opts->output, "Package file to write")->required();
@@ -54,10 +55,13 @@ void add_pack(CLI::App &app, Action &action) {
   cmd->add_option("--threads", opts->threads, "Compression threads (default: one per core)");
   cmd->add_option("--exclude", opts->excludes, "Skip paths matching this shell glob (repeatable)")
       ->allow_extra_args(false);
+  cmd->add_option("--filters", *filters, "Byte-grouping filters for float weights: auto (default) or none")
+      ->check(CLI::IsMember({"auto", "none"}));
   cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
-  cmd->callback([&action, opts, chunk, deps, quiet] {
-    action = [opts, chunk, deps, quiet]() -> int {
+  cmd->callback([&action, opts, chunk, deps, quiet, filters] {
+    action = [opts, chunk, deps, quiet, filters]() -> int {
       opts->chunk_shift = parse_chunk_size(*chunk);
+      opts->filters = *filters == "auto";
       for (const auto &d : *deps) opts->dependencies.push_back(parse_dependency(d));
       ProgressBar bar("packing");
       if (!*quiet) opts->progress = [&bar](const PackProgress &p) { bar.update(p.bytes_done, p.bytes_total); };
@@ -73,6 +77,7 @@ void add_pack(CLI::App &app, Action &action) {
                    human_bytes(r.raw_bytes), human_bytes(r.package_bytes),
                    r.raw_bytes ? static_cast<double>(r.package_bytes) / static_cast<double>(r.raw_bytes) : 1.0,
                    r.chunks, r.unique_chunks);
+        if (r.filtered_chunks) fmt::print(", {} filtered", r.filtered_chunks);
         if (r.dedup_saved_bytes) fmt::print(", dedup saved {}", human_bytes(r.dedup_saved_bytes));
         fmt::print("\n  root sha256 {}\n", to_hex(r.root));
       }

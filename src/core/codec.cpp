@@ -6,31 +6,46 @@
 #include <fmt/format.h>
 
 #include "torshpkg/errors.hpp"
+#include "torshpkg/filter.hpp"
 
 namespace torshpkg {
 
 void ChunkEncoder::Free::operator()(ZSTD_CCtx_s *c) const noexcept { ZSTD_freeCCtx(c); }
 void ChunkDecoder::Free::operator()(ZSTD_DCtx_s *d) const noexcept { ZSTD_freeDCtx(d); }
 
-ChunkEncoder::ChunkEncoder(int level) : cctx_(ZSTD_createCCtx()), level_(level) {
-  if (!cctx_) throw Error("zstd: cannot create a compression context");
+ChunkEncoder::ChunkEncoder(int level)
+    : cctx_(ZSTD_createCCtx()), filtered_cctx_(ZSTD_createCCtx()), level_(level) {
+  if (!cctx_ || !filtered_cctx_) throw Error("zstd: cannot create a compression context");
   if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel())
     throw UsageError(fmt::format("compression level {} outside {}..{}", level, ZSTD_minCLevel(), ZSTD_maxCLevel()));
   ZSTD_CCtx_setParameter(cctx_.get(), ZSTD_c_compressionLevel, level_);
-  // The index records sizes and digests; the frame needs neither its own checksum nor content size.
-  ZSTD_CCtx_setParameter(cctx_.get(), ZSTD_c_checksumFlag, 0);
-  ZSTD_CCtx_setParameter(cctx_.get(), ZSTD_c_contentSizeFlag, 1);
+  ZSTD_CCtx_setParameter(filtered_cctx_.get(), ZSTD_c_compressionLevel,
+                         level_ <= kFilteredLevelUpTo ? std::min(level_, kFilteredLevel) : level_);
+  // The index records sizes and digests; frames need no checksum of their own.
+  for (auto *c : {cctx_.get(), filtered_cctx_.get()}) ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 0);
+}
+
+std::size_t ChunkEncoder::compress(ZSTD_CCtx_s *cctx, std::span<const std::uint8_t> in, std::vector<std::uint8_t> &out) {
+  out.resize(ZSTD_compressBound(in.size()));
+  const std::size_t n = ZSTD_compress2(cctx, out.data(), out.size(), in.data(), in.size());
+  if (ZSTD_isError(n)) throw Error(fmt::format("zstd: {}", ZSTD_getErrorName(n)));
+  out.resize(n);
+  return n;
+}
+
+std::size_t ChunkEncoder::encode_filtered(format::Filter f, unsigned phase, std::span<const std::uint8_t> raw,
+                                          std::vector<std::uint8_t> &out) {
+  filtered_.resize(raw.size() + 1);
+  apply_filter(f, phase, raw, filtered_);
+  return compress(filtered_cctx_.get(), filtered_, out);
 }
 
 format::Codec ChunkEncoder::encode(std::span<const std::uint8_t> raw, std::vector<std::uint8_t> &out) {
-  out.resize(ZSTD_compressBound(raw.size()));
-  const std::size_t n = ZSTD_compress2(cctx_.get(), out.data(), out.size(), raw.data(), raw.size());
-  if (ZSTD_isError(n)) throw Error(fmt::format("zstd: {}", ZSTD_getErrorName(n)));
+  const std::size_t n = compress(cctx_.get(), raw, out);
   if (n * 100 > raw.size() * (100 - kMinSavingPercent)) {
     out.assign(raw.begin(), raw.end());
     return format::Codec::kStored;
   }
-  out.resize(n);
   return format::Codec::kZstd;
 }
 
@@ -40,8 +55,18 @@ ChunkDecoder::ChunkDecoder() : dctx_(ZSTD_createDCtx()) {
 
 void ChunkDecoder::decode(format::Codec codec, format::Filter filter, std::span<const std::uint8_t> stored,
                           std::span<std::uint8_t> out) {
-  if (filter != format::Filter::kNone)
-    throw FormatError(fmt::format("unknown filter id {}", static_cast<unsigned>(filter)));
+  if (filter != format::Filter::kNone) {
+    (void)filter_width(filter);  // throws for an unknown id
+    if (codec != format::Codec::kZstd) throw FormatError("a filter needs the zstd codec");
+    // zstd decodes to the filtered form, one phase byte longer than the chunk; then the permutation is undone.
+    filtered_.resize(out.size() + 1);
+    const std::size_t n = ZSTD_decompressDCtx(dctx_.get(), filtered_.data(), filtered_.size(), stored.data(), stored.size());
+    if (ZSTD_isError(n)) throw IntegrityError(fmt::format("zstd chunk does not decode: {}", ZSTD_getErrorName(n)));
+    if (n != filtered_.size())
+      throw IntegrityError(fmt::format("filtered chunk decodes to {} bytes, index says {}", n, filtered_.size()));
+    undo_filter(filter, filtered_, out);
+    return;
+  }
   switch (codec) {
     case format::Codec::kStored:
       if (stored.size() != out.size()) throw IntegrityError("stored chunk size differs from its decoded size");

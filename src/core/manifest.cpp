@@ -151,7 +151,7 @@ std::optional<SafetensorsSummary> parse_safetensors(std::span<const std::uint8_t
   if (!j.is_object()) throw FormatError("safetensors header is not a JSON object");
   const std::uint64_t data_size = file_size - 8 - n;
   SafetensorsSummary s;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  const std::uint64_t data_at = 8 + n;
   for (const auto &[key, t] : j.items()) {
     if (key == "__metadata__") continue;
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("safetensors tensor '{}': {}", key, why)); };
@@ -169,14 +169,14 @@ std::optional<SafetensorsSummary> parse_safetensors(std::span<const std::uint8_t
     }
     const auto begin = offs[0].get<std::uint64_t>(), end = offs[1].get<std::uint64_t>();
     if (begin > end || end > data_size) throw bad("data offsets outside the data section");
-    ranges.emplace_back(begin, end);
+    s.ranges.push_back({data_at + begin, data_at + end, dtype.get<std::string>()});
     ++s.tensors;
     if (add_overflows(s.parameters, count, s.parameters)) throw bad("parameter count overflows");
     ++s.dtypes[dtype.get<std::string>()];
   }
-  std::sort(ranges.begin(), ranges.end());
-  for (std::size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second) throw FormatError("safetensors tensors overlap");
+  std::sort(s.ranges.begin(), s.ranges.end(), [](const auto &a, const auto &b) { return a.begin < b.begin; });
+  for (std::size_t i = 1; i < s.ranges.size(); ++i)
+    if (s.ranges[i].begin < s.ranges[i - 1].end) throw FormatError("safetensors tensors overlap");
   return s;
 }
 

@@ -141,8 +141,12 @@ void Package::validate_chunks() const {
     if (c.flags != 0) throw bad(fmt::format("unknown flags {:#x}", c.flags));
     if (c.codec != format::Codec::kStored && c.codec != format::Codec::kZstd)
       throw bad(fmt::format("unknown codec id {}", static_cast<unsigned>(c.codec)));
-    if (c.filter != format::Filter::kNone)
-      throw bad(fmt::format("unknown filter id {}", static_cast<unsigned>(c.filter)));
+    if (c.filter != format::Filter::kNone) {
+      if (static_cast<unsigned>(c.filter) > static_cast<unsigned>(format::Filter::kFp32))
+        throw bad(fmt::format("unknown filter id {}", static_cast<unsigned>(c.filter)));
+      if (!(header_.incompat_flags & format::incompat::kFilters)) throw bad("uses a filter the header does not declare");
+      if (c.codec != format::Codec::kZstd) throw bad("a filter needs the zstd codec");
+    }
     if (c.decoded_size == 0 || c.decoded_size > cs) throw bad("decoded size outside 1..chunk size");
     if (c.stored_size == 0 || c.stored_size > max_stored) throw bad("stored size out of range");
     if (c.codec == format::Codec::kStored && c.stored_size != c.decoded_size)

@@ -21,6 +21,7 @@
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
+#include "torshpkg/filter.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/pool.hpp"
 #include "torshpkg/version.hpp"
@@ -166,9 +167,137 @@ class Walker {
 struct Encoded {
   std::vector<std::uint8_t> stored;
   format::Codec codec = format::Codec::kStored;
+  format::Filter filter = format::Filter::kNone;
   std::uint32_t decoded_size = 0;
   Digest digest{};
+  // What each attempt produced, for the per-file filter decision (0: not tried).
+  std::size_t plain_size = 0;
+  std::array<std::size_t, 4> filtered_size{};
 };
+
+struct FilterTry {
+  format::Filter filter;
+  unsigned phase;
+};
+
+// Encodes one chunk: plain zstd and/or each filter candidate; keeps the smallest, or stores the raw
+// bytes when nothing saves ChunkEncoder::kMinSavingPercent.
+Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_plain, const std::vector<FilterTry> &tries) {
+  thread_local std::unique_ptr<ChunkEncoder> enc;
+  thread_local int enc_level = 0;
+  thread_local std::vector<std::uint8_t> attempt;
+  if (!enc || enc_level != level) enc = std::make_unique<ChunkEncoder>(level), enc_level = level;
+  Encoded e;
+  e.decoded_size = static_cast<std::uint32_t>(raw.size());
+  e.codec = format::Codec::kStored;
+  e.stored.assign(raw.begin(), raw.end());
+  const std::size_t worth = raw.size() * (100 - ChunkEncoder::kMinSavingPercent) / 100;
+  auto keep = [&](format::Codec codec, format::Filter filter) {
+    if (attempt.size() <= worth && attempt.size() < (e.codec == format::Codec::kStored ? raw.size() + 1 : e.stored.size())) {
+      e.stored.swap(attempt);
+      e.codec = codec;
+      e.filter = filter;
+    }
+  };
+  if (try_plain) {
+    e.plain_size = enc->encode(raw, attempt) == format::Codec::kZstd ? attempt.size() : raw.size();
+    keep(format::Codec::kZstd, format::Filter::kNone);
+  }
+  for (const auto &t : tries) {
+    if (t.phase > raw.size()) continue;
+    e.filtered_size[static_cast<unsigned>(t.filter)] = enc->encode_filtered(t.filter, t.phase, raw, attempt);
+    keep(format::Codec::kZstd, t.filter);
+  }
+  e.digest = sha256(e.stored);
+  return e;
+}
+
+// Per-file filter policy. Safetensors files: the dtype under each chunk picks the filter, and the
+// first few chunks per dtype also try plain zstd so that a dtype whose values do not group well
+// falls back. Other weight files: sample the first chunks with each filter, keep the best only if it
+// beats plain zstd by 3%.
+class FilterPlan {
+ public:
+  FilterPlan() = default;
+  FilterPlan(std::vector<TensorRange> ranges, bool sample) : ranges_(std::move(ranges)), sample_(sample) {}
+
+  void choose(std::uint64_t chunk_begin, std::size_t len, bool &try_plain, std::vector<FilterTry> &tries) const {
+    tries.clear();
+    try_plain = true;
+    if (sample_) {
+      if (sampled_ < kSampleChunks) {
+        tries = {{format::Filter::kBf16, 0}, {format::Filter::kFp32, 0}};
+      } else if (sample_choice_ != format::Filter::kNone) {
+        tries = {{sample_choice_, 0}};
+        try_plain = false;
+      }
+      return;
+    }
+    // The tensor covering most of the chunk decides; the phase aligns the planes with its elements.
+    const TensorRange *best = nullptr;
+    std::uint64_t best_overlap = 0;
+    const std::uint64_t chunk_end = chunk_begin + len;
+    auto it = std::upper_bound(ranges_.begin(), ranges_.end(), chunk_begin,
+                               [](std::uint64_t v, const TensorRange &r) { return v < r.begin; });
+    if (it != ranges_.begin()) --it;
+    for (; it != ranges_.end() && it->begin < chunk_end; ++it) {
+      const std::uint64_t lo = std::max(it->begin, chunk_begin), hi = std::min(it->end, chunk_end);
+      if (hi > lo && hi - lo > best_overlap) best_overlap = hi - lo, best = &*it;
+    }
+    if (!best || best_overlap * 2 < len) return;
+    const auto f = filter_for_dtype(best->dtype);
+    if (!f) return;
+    const unsigned w = filter_width(*f);
+    const unsigned phase = best->begin >= chunk_begin ? static_cast<unsigned>((best->begin - chunk_begin) % w)
+                                                      : static_cast<unsigned>((w - (chunk_begin - best->begin) % w) % w);
+    const auto &st = stats_[static_cast<unsigned>(*f)];
+    if (st.trials < kTrialChunks) {
+      tries = {{*f, phase}};
+    } else if (st.filter_wins * 2 >= st.trials) {
+      tries = {{*f, phase}};
+      try_plain = false;
+    }
+  }
+
+  void learn(const Encoded &e) {
+    if (sample_) {
+      if (sampled_ >= kSampleChunks || e.plain_size == 0) return;
+      sample_plain_ += e.plain_size;
+      for (unsigned f = 1; f < 4; ++f) sample_filtered_[f] += e.filtered_size[f];
+      if (++sampled_ == kSampleChunks) {
+        std::size_t best = sample_plain_ * 97 / 100;  // a filter must win by 3%
+        for (unsigned f = 1; f < 4; ++f)
+          if (sample_filtered_[f] && sample_filtered_[f] < best) best = sample_filtered_[f], sample_choice_ = format::Filter(f);
+      }
+      return;
+    }
+    for (unsigned f = 1; f < 4; ++f) {
+      if (!e.filtered_size[f] || !e.plain_size) continue;
+      auto &st = stats_[f];
+      ++st.trials;
+      if (e.filtered_size[f] < e.plain_size) ++st.filter_wins;
+    }
+  }
+
+ private:
+  static constexpr unsigned kTrialChunks = 4, kSampleChunks = 2;
+  struct Stats {
+    unsigned trials = 0, filter_wins = 0;
+  };
+  std::vector<TensorRange> ranges_;
+  bool sample_ = false;
+  std::array<Stats, 4> stats_{};
+  unsigned sampled_ = 0;
+  std::size_t sample_plain_ = 0;
+  std::array<std::size_t, 4> sample_filtered_{};
+  format::Filter sample_choice_ = format::Filter::kNone;
+};
+
+bool sample_for_filters(std::string_view rel) {
+  for (std::string_view ext : {".bin", ".pt", ".pth", ".ckpt", ".onnx_data", ".npy", ".data", ".h5", ".msgpack", ".gguf"})
+    if (rel.size() > ext.size() && rel.substr(rel.size() - ext.size()) == ext) return true;
+  return false;
+}
 
 std::string iso8601_utc(std::time_t t) {
   std::tm tm{};
@@ -215,6 +344,15 @@ class Packer {
       if (S_ISLNK(n.st.st_mode)) ++result_.symlinks;
     }
     report(true);
+    if (result_.filtered_chunks) {
+      // Readers that do not know filters must refuse this package: declare them in the header.
+      format::Header header;
+      header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
+      header.incompat_flags |= format::incompat::kFilters;
+      format::encode(header, std::span(header_bytes_));
+      if (::pwrite(fd_, header_bytes_.data(), header_bytes_.size(), 0) != static_cast<ssize_t>(header_bytes_.size()))
+        throw_errno("write", out_name());
+    }
     write_index();
     out.commit();
     result_.package_bytes = pos_;
@@ -250,6 +388,9 @@ class Packer {
     const std::size_t window = 2 * pool_.size() + 2;  // bounds memory at window * 2 chunks
     std::uint64_t done = 0;
     format::FileKind kind = format::FileKind::kOther;
+    FilterPlan plan;
+    bool try_plain = true;
+    std::vector<FilterTry> tries;
     for (;;) {
       check_cancel();
       auto raw = std::make_shared<std::vector<std::uint8_t>>(chunk_size_);
@@ -258,17 +399,21 @@ class Packer {
       raw->resize(got);
       if (done == 0) {
         kind = detect_kind(n.rel, *raw);
-        summarise_safetensors(fd.get(), path, size, *raw, meta);
+        auto ranges = summarise_safetensors(fd.get(), path, size, *raw, meta);
+        const bool sample = ranges.empty() && sample_for_filters(n.rel);
+        if (opts_.filters && (sample || !ranges.empty())) plan = FilterPlan(std::move(ranges), sample);
       }
       whole.update(*raw);
+      if (opts_.filters) plan.choose(done, got, try_plain, tries);
       done += got;
       if (done > size) throw Error(path + ": file grew while it was being packed");
-      inflight.push_back(pool_.submit([raw, level = opts_.level] { return encode(*raw, level); }));
-      while (inflight.size() >= window) commit_one(inflight);
+      inflight.push_back(pool_.submit(
+          [raw, level = opts_.level, try_plain, tries] { return encode_chunk(*raw, level, try_plain, tries); }));
+      while (inflight.size() >= window) commit_one(inflight, plan);
       progress_.bytes_done += got;
       report(false);
     }
-    while (!inflight.empty()) commit_one(inflight);
+    while (!inflight.empty()) commit_one(inflight, plan);
     if (done != size) throw Error(path + ": file shrank while it was being packed");
 
     if (size == 0) kind = detect_kind(n.rel, {});
@@ -284,29 +429,22 @@ class Packer {
     result_.raw_bytes += size;
   }
 
-  static Encoded encode(const std::vector<std::uint8_t> &raw, int level) {
-    thread_local std::unique_ptr<ChunkEncoder> enc;
-    thread_local int enc_level = 0;
-    if (!enc || enc_level != level) enc = std::make_unique<ChunkEncoder>(level), enc_level = level;
-    Encoded e;
-    e.codec = enc->encode(raw, e.stored);
-    e.decoded_size = static_cast<std::uint32_t>(raw.size());
-    e.digest = sha256(e.stored);
-    return e;
-  }
-
-  void commit_one(std::deque<std::future<Encoded>> &inflight) {
+  void commit_one(std::deque<std::future<Encoded>> &inflight, FilterPlan &plan) {
     Encoded enc = inflight.front().get();
     inflight.pop_front();
+    plan.learn(enc);
     format::ChunkEntry c;
     c.codec = enc.codec;
+    c.filter = enc.filter;
+    if (enc.filter != format::Filter::kNone) ++result_.filtered_chunks;
     c.decoded_size = enc.decoded_size;
     c.stored_size = static_cast<std::uint32_t>(enc.stored.size());
     c.digest = enc.digest;
     // Equal digests mean equal stored bytes, but the same bytes can be a stored chunk of one file and
     // a zstd frame of another: share only when the entries would describe the bytes identically.
     const auto it = dedup_.find(enc.digest);
-    if (it != dedup_.end() && it->second.codec == c.codec && it->second.decoded_size == c.decoded_size) {
+    if (it != dedup_.end() && it->second.codec == c.codec && it->second.filter == c.filter &&
+        it->second.decoded_size == c.decoded_size) {
       c.offset = it->second.offset;
       result_.dedup_saved_bytes += c.stored_size;
     } else {
@@ -322,11 +460,12 @@ class Packer {
     ++result_.chunks;
   }
 
-  void summarise_safetensors(int fd, const std::string &path, std::uint64_t size,
-                             const std::vector<std::uint8_t> &first, nlohmann::ordered_json &meta) {
-    if (first.size() < 9 || first[8] != '{') return;
+  // Records the summary in the manifest and returns the tensors' byte ranges (empty if not safetensors).
+  std::vector<TensorRange> summarise_safetensors(int fd, const std::string &path, std::uint64_t size,
+                                                 const std::vector<std::uint8_t> &first, nlohmann::ordered_json &meta) {
+    if (first.size() < 9 || first[8] != '{') return {};
     const std::uint64_t n = load_le<std::uint64_t>(first.data());
-    if (n > kMaxSafetensorsHeader || !range_within(8, n, size)) return;
+    if (n > kMaxSafetensorsHeader || !range_within(8, n, size)) return {};
     std::vector<std::uint8_t> head(8 + n);
     if (head.size() <= first.size())
       std::copy_n(first.begin(), head.size(), head.begin());
@@ -339,10 +478,12 @@ class Packer {
         j["parameters"] = s->parameters;
         j["dtypes"] = s->dtypes;
         meta["safetensors"] = std::move(j);
+        return std::move(s->ranges);
       }
     } catch (const FormatError &e) {
       if (opts_.warn) opts_.warn(fmt::format("{}: {}", path, e.what()));
     }
+    return {};
   }
 
   void write_index() {

@@ -1,0 +1,89 @@
+#include "torshpkg/filter.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "torshpkg/errors.hpp"
+
+namespace torshpkg {
+
+namespace {
+
+// Plane loops with the width fixed at compile time so the compiler can unroll and vectorise them.
+template <unsigned W>
+void split(const std::uint8_t *src, std::size_t m, std::uint8_t *dst) {
+  for (unsigned j = 0; j < W; ++j) {
+    std::uint8_t *plane = dst + j * m;
+    for (std::size_t i = 0; i < m; ++i) plane[i] = src[i * W + j];
+  }
+}
+
+template <unsigned W>
+void join(const std::uint8_t *src, std::size_t m, std::uint8_t *dst) {
+  for (unsigned j = 0; j < W; ++j) {
+    const std::uint8_t *plane = src + j * m;
+    for (std::size_t i = 0; i < m; ++i) dst[i * W + j] = plane[i];
+  }
+}
+
+}  // namespace
+
+unsigned filter_width(format::Filter f) {
+  switch (f) {
+    case format::Filter::kNone: return 0;
+    case format::Filter::kBf16:
+    case format::Filter::kFp16: return 2;
+    case format::Filter::kFp32: return 4;
+  }
+  throw FormatError(fmt::format("unknown filter id {}", static_cast<unsigned>(f)));
+}
+
+std::string_view filter_name(format::Filter f) noexcept {
+  switch (f) {
+    case format::Filter::kNone: return "none";
+    case format::Filter::kBf16: return "bf16";
+    case format::Filter::kFp16: return "fp16";
+    case format::Filter::kFp32: return "fp32";
+  }
+  return "unknown";
+}
+
+std::optional<format::Filter> filter_for_dtype(std::string_view dtype) noexcept {
+  if (dtype == "BF16") return format::Filter::kBf16;
+  if (dtype == "F16") return format::Filter::kFp16;
+  if (dtype == "F32") return format::Filter::kFp32;
+  return std::nullopt;
+}
+
+void apply_filter(format::Filter f, unsigned phase, std::span<const std::uint8_t> raw, std::span<std::uint8_t> out) {
+  const unsigned w = filter_width(f);
+  if (w == 0 || phase >= w || phase > raw.size() || out.size() != raw.size() + 1)
+    throw Error("apply_filter: bad arguments");
+  const std::size_t m = (raw.size() - phase) / w;
+  out[0] = static_cast<std::uint8_t>(phase);
+  std::memcpy(&out[1], raw.data(), phase);
+  if (w == 2)
+    split<2>(raw.data() + phase, m, &out[1 + phase]);
+  else
+    split<4>(raw.data() + phase, m, &out[1 + phase]);
+  const std::size_t tail = phase + m * w;
+  std::memcpy(&out[1 + tail], raw.data() + tail, raw.size() - tail);
+}
+
+void undo_filter(format::Filter f, std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out) {
+  const unsigned w = filter_width(f);
+  if (w == 0 || filtered.size() != out.size() + 1) throw Error("undo_filter: bad arguments");
+  const unsigned phase = filtered[0];
+  if (phase >= w || phase > out.size()) throw IntegrityError(fmt::format("filter phase {} out of range", phase));
+  const std::size_t m = (out.size() - phase) / w;
+  std::memcpy(out.data(), &filtered[1], phase);
+  if (w == 2)
+    join<2>(&filtered[1 + phase], m, out.data() + phase);
+  else
+    join<4>(&filtered[1 + phase], m, out.data() + phase);
+  const std::size_t tail = phase + m * w;
+  std::memcpy(out.data() + tail, &filtered[1 + tail], out.size() - tail);
+}
+
+}  // namespace torshpkg
