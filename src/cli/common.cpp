@@ -53,34 +53,46 @@ void ProgressBar::finish() {
 }
 
 std::uint32_t resolve_in_package(const Package &pkg, std::string_view path, bool follow) {
-  std::string current(path);
-  for (int hops = 0; hops <= 40; ++hops) {
-    const auto ino = pkg.resolve(current);
-    if (!ino) throw NotFoundError(fmt::format("{}: no such path in {}", current, pkg.path()));
-    if (!follow || pkg.type(*ino) != format::NodeType::kSymlink) return *ino;
-    const auto target = pkg.symlink_target(*ino);
-    if (target.starts_with('/'))
-      throw NotFoundError(fmt::format("{}: symlink to absolute path {} leaves the package", current, target));
-    // A relative target is resolved against the link's directory; ".." is applied lexically.
+  // Component by component, like the kernel: a symlink met in the middle of the path (or at its
+  // end, with `follow`) is replaced by its target, relative to the link's directory. Targets that
+  // leave the package (absolute, or ".." above the root) are not followed.
+  std::vector<std::string> todo;  // remaining components, last first
+  auto push_path = [&todo](std::string_view p) {
     std::vector<std::string> parts;
-    const auto dir = pkg.path_of(pkg.inode(*ino).parent);
-    std::string joined = dir.empty() ? std::string(target) : dir + "/" + std::string(target);
     std::size_t i = 0;
-    while (i <= joined.size()) {
-      const auto slash = std::min(joined.find('/', i), joined.size());
-      const auto part = joined.substr(i, slash - i);
-      if (part == "..") {
-        if (parts.empty()) throw NotFoundError(fmt::format("{}: symlink leaves the package", current));
-        parts.pop_back();
-      } else if (!part.empty() && part != ".") {
-        parts.push_back(part);
-      }
+    while (i <= p.size()) {
+      const auto slash = std::min(p.find('/', i), p.size());
+      if (slash > i) parts.emplace_back(p.substr(i, slash - i));
       i = slash + 1;
     }
-    current.clear();
-    for (const auto &p : parts) current += (current.empty() ? "" : "/") + p;
+    todo.insert(todo.end(), parts.rbegin(), parts.rend());
+  };
+  push_path(path);
+  std::uint32_t cur = 0;
+  int hops = 0;
+  while (!todo.empty()) {
+    const std::string part = std::move(todo.back());
+    todo.pop_back();
+    if (part == ".") continue;
+    if (part == "..") {
+      if (cur == 0) throw NotFoundError(fmt::format("{}: path leaves the package", path));
+      cur = pkg.inode(cur).parent;
+      continue;
+    }
+    const auto next = pkg.lookup(cur, part);
+    if (!next) throw NotFoundError(fmt::format("{}: no such path in {}", path, pkg.path()));
+    const bool last = todo.empty();
+    if (pkg.type(*next) == format::NodeType::kSymlink && (!last || follow)) {
+      if (++hops > 40) throw NotFoundError(fmt::format("{}: too many levels of symbolic links", path));
+      const auto target = pkg.symlink_target(*next);
+      if (target.starts_with('/'))
+        throw NotFoundError(fmt::format("{}: symlink to absolute path {} leaves the package", path, target));
+      push_path(target);  // resolved from `cur`, the link's directory
+      continue;
+    }
+    cur = *next;
   }
-  throw NotFoundError(fmt::format("{}: too many levels of symbolic links", path));
+  return cur;
 }
 
 }  // namespace torshpkg::cli

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <unordered_map>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "torshpkg/codec.hpp"
 #include "torshpkg/endian.hpp"
@@ -126,6 +127,16 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
     throw IntegrityError("index or manifest is damaged (root digest mismatch)");
   validate_chunks();
   validate_inodes();
+  validate_manifest();
+}
+
+void Package::validate_manifest() const {
+  // A syntax check without building a document: mounting stays cheap, readers of the manifest
+  // (xattrs, inspect) can rely on it being one JSON object.
+  const auto text = manifest_text();
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || text[first] != '{' || !nlohmann::json::accept(text))
+    throw FormatError("manifest is not a JSON object");
 }
 
 void Package::validate_chunks() const {
@@ -211,7 +222,6 @@ void Package::validate_inodes() const {
         for (std::uint64_t k = 0; k < e.size; ++k) {
           const auto child = static_cast<std::uint32_t>(e.first + k);
           if (inode(child).parent != i) throw bad("child does not name this directory as parent");
-          if (k > 0 && !(name(child - 1) < name(child))) throw bad("children are not sorted or not unique");
         }
         claimed += e.size;
         break;
@@ -238,6 +248,13 @@ void Package::validate_inodes() const {
     }
   }
   if (claimed != n - 1) throw FormatError("some inodes belong to no directory");
+  // Sorted, unique siblings (binary search relies on it). Names were bounds-checked above, so this
+  // second pass compares only validated names. Siblings are consecutive and share a parent.
+  for (std::uint64_t i = 2; i < n; ++i) {
+    const auto a = static_cast<std::uint32_t>(i - 1), b = static_cast<std::uint32_t>(i);
+    if (inode(a).parent == inode(b).parent && !(name(a) < name(b)))
+      throw FormatError(fmt::format("inode {}: children are not sorted or not unique", inode(b).parent));
+  }
   if (next_chunk != footer_.chunk_count) throw FormatError("some chunks belong to no file");
 }
 

@@ -88,40 +88,42 @@ void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk,
                                    FUSE_BUF_NO_SPLICE);
 }
 
-void Filesystem::after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
-  // Runs after the reply: nothing here may throw into `guarded`, which would reply a second time.
+void Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
+  // Runs before the reply: once the reply is in, the kernel may release the handle and free `of`.
+  if (slices.empty() || !of || readahead_chunks_ == 0) return;
   try {
-    schedule_after_read(ino, of, slices);
+    const std::uint64_t first = slices.front().file_chunk, last = slices.back().file_chunk;
+    std::uint64_t from = 0, count = 0;
+    {
+      std::lock_guard lock(of->mu);
+      // Sequential: the stream starts at the file's head, or continues within what was queued ahead.
+      const bool sequential = (of->last_chunk == UINT64_MAX && first == 0) ||
+                              (of->last_chunk != UINT64_MAX && first >= of->last_chunk && first <= of->ahead_until);
+      of->last_chunk = last;
+      if (!sequential) return;
+      from = std::max(last + 1, of->ahead_until);
+      const std::uint64_t until = last + 1 + readahead_chunks_;
+      if (from >= until) return;
+      count = until - from;
+      of->ahead_until = until;
+    }
+    reader_.prefetch(ino, from, count);
   } catch (const std::exception &e) {
-    log_error(e.what());
+    log_error(e.what());  // decode-ahead is a hint: the read itself goes on
   }
 }
 
-void Filesystem::schedule_after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) {
-  if (slices.empty()) return;
-  // Chunks this read had to decode go to the page cache off the request path: the pages of this
-  // request are unlocked only once its reply is in, so the push must not run before that.
-  if (opts_.push_to_page_cache)
+void Filesystem::push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept {
+  // Runs after the reply: the pages of this request are unlocked only once its reply is in, so the
+  // push must not happen before that. Nothing here may throw into `guarded`, which would reply twice.
+  if (!opts_.push_to_page_cache) return;
+  try {
     for (const auto &s : slices)
       if (s.decoded_now)
         reader_.run_in_background([this, ino, k = s.file_chunk, c = s.chunk] { push_to_page_cache(ino, k, c); });
-  if (!of || readahead_chunks_ == 0) return;
-  const std::uint64_t first = slices.front().file_chunk, last = slices.back().file_chunk;
-  std::uint64_t from = 0, count = 0;
-  {
-    std::lock_guard lock(of->mu);
-    // Sequential: the stream starts at the file's head, or continues within what was queued ahead.
-    const bool sequential = (of->last_chunk == UINT64_MAX && first == 0) ||
-                            (of->last_chunk != UINT64_MAX && first >= of->last_chunk && first <= of->ahead_until);
-    of->last_chunk = last;
-    if (!sequential) return;
-    from = std::max(last + 1, of->ahead_until);
-    const std::uint64_t until = last + 1 + readahead_chunks_;
-    if (from >= until) return;
-    count = until - from;
-    of->ahead_until = until;
+  } catch (const std::exception &e) {
+    log_error(e.what());
   }
-  reader_.prefetch(ino, from, count);
 }
 
 void Filesystem::log_error(const std::string &msg) {
@@ -253,9 +255,10 @@ void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
   iov.reserve(slices.size());
   for (const auto &s : slices)
     iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
+  plan_readahead(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
   // The slices hold the chunks alive until the reply has been written.
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
-  after_read(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
+  push_decoded(i, slices);
 }
 
 void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {

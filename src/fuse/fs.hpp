@@ -54,8 +54,8 @@ class Filesystem {
     std::uint64_t ahead_until = 0;          // chunks before this were queued for decode-ahead
     std::mutex mu;
   };
-  void after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
-  void schedule_after_read(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices);
+  void plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
+  void push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept;
   void push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk);
 
   std::shared_ptr<const Package> pkg_;
