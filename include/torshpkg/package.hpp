@@ -58,6 +58,7 @@ class Package {
             std::vector<std::uint8_t> index_and_manifest);
   void validate_chunks() const;
   void validate_inodes() const;
+  void validate_manifest() const;
   void read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const;
 
   std::string path_;
