@@ -59,6 +59,8 @@ class Package {
   void validate_chunks() const;
   void validate_inodes() const;
   void validate_manifest() const;
+  // Reserved bytes must be zero unless a later minor version (which may use them) wrote the package.
+  [[nodiscard]] bool strict_reserved() const noexcept { return header_.version_minor <= format::kVersionMinor; }
   void read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const;
 
   std::string path_;

@@ -1,7 +1,6 @@
 #include "torshpkg/filter.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <fmt/format.h>
 
 #include "torshpkg/errors.hpp"
@@ -61,14 +60,17 @@ void apply_filter(format::Filter f, unsigned phase, std::span<const std::uint8_t
   if (w == 0 || phase >= w || phase > raw.size() || out.size() != raw.size() + 1)
     throw Error("apply_filter: bad arguments");
   const std::size_t m = (raw.size() - phase) / w;
-  out[0] = static_cast<std::uint8_t>(phase);
-  std::memcpy(&out[1], raw.data(), phase);
-  if (w == 2)
-    split<2>(raw.data() + phase, m, &out[1 + phase]);
-  else
-    split<4>(raw.data() + phase, m, &out[1 + phase]);
   const std::size_t tail = phase + m * w;
-  std::memcpy(&out[1 + tail], raw.data() + tail, raw.size() - tail);
+  // Pointer arithmetic on data(), never &span[i] at the end (UB, and fatal with _GLIBCXX_ASSERTIONS);
+  // copy_n instead of memcpy because an empty span may have a null data().
+  std::uint8_t *dst = out.data() + 1;
+  out[0] = static_cast<std::uint8_t>(phase);
+  std::copy_n(raw.data(), phase, dst);
+  if (w == 2)
+    split<2>(raw.data() + phase, m, dst + phase);
+  else
+    split<4>(raw.data() + phase, m, dst + phase);
+  std::copy_n(raw.data() + tail, raw.size() - tail, dst + tail);
 }
 
 void undo_filter(format::Filter f, std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out) {
@@ -77,13 +79,14 @@ void undo_filter(format::Filter f, std::span<const std::uint8_t> filtered, std::
   const unsigned phase = filtered[0];
   if (phase >= w || phase > out.size()) throw IntegrityError(fmt::format("filter phase {} out of range", phase));
   const std::size_t m = (out.size() - phase) / w;
-  std::memcpy(out.data(), &filtered[1], phase);
-  if (w == 2)
-    join<2>(&filtered[1 + phase], m, out.data() + phase);
-  else
-    join<4>(&filtered[1 + phase], m, out.data() + phase);
   const std::size_t tail = phase + m * w;
-  std::memcpy(out.data() + tail, &filtered[1 + tail], out.size() - tail);
+  const std::uint8_t *src = filtered.data() + 1;
+  std::copy_n(src, phase, out.data());
+  if (w == 2)
+    join<2>(src + phase, m, out.data() + phase);
+  else
+    join<4>(src + phase, m, out.data() + phase);
+  std::copy_n(src + tail, out.size() - tail, out.data() + tail);
 }
 
 }  // namespace torshpkg

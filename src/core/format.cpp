@@ -57,7 +57,8 @@ Header decode_header(std::span<const std::uint8_t, kHeaderSize> in) {
     throw FormatError(fmt::format("package needs features this reader does not know (incompat flags {:#x})",
                                   h.incompat_flags & ~incompat::kKnown));
   h.chunk_shift = in[32];
-  if (std::any_of(&in[33], &in[kHeaderSize], [](std::uint8_t b) { return b != 0; }))
+  // Reserved bytes are zero up to this reader's minor version; a later minor may give them meaning.
+  if (h.version_minor <= kVersionMinor && std::any_of(in.begin() + 33, in.end(), [](std::uint8_t b) { return b != 0; }))
     throw FormatError("header reserved bytes are not zero");
   if (h.chunk_shift < kMinChunkShift || h.chunk_shift > kMaxChunkShift)
     throw FormatError(fmt::format("chunk size 2^{} is outside 64 KiB..4 MiB", h.chunk_shift));
@@ -82,12 +83,13 @@ void encode(const Footer &f, std::span<std::uint8_t, kFooterSize> out) noexcept 
 }
 
 Footer decode_footer(std::span<const std::uint8_t, kFooterSize> in) {
-  if (!std::equal(kFooterMagic.begin(), kFooterMagic.end(), &in[120]))
+  if (!std::equal(kFooterMagic.begin(), kFooterMagic.end(), in.begin() + 120))
     throw FormatError("not a torshpkg package or truncated (bad footer magic)");
   if (load_le<std::uint32_t>(&in[96]) != kFooterSize) throw FormatError("bad footer size");
   if (load_le<std::uint16_t>(&in[100]) != kVersionMajor)
     throw FormatError(fmt::format("unsupported format version {} in footer", load_le<std::uint16_t>(&in[100])));
-  if (std::any_of(&in[104], &in[120], [](std::uint8_t b) { return b != 0; }))
+  if (load_le<std::uint16_t>(&in[102]) <= kVersionMinor &&
+      std::any_of(in.begin() + 104, in.begin() + 120, [](std::uint8_t b) { return b != 0; }))
     throw FormatError("footer reserved bytes are not zero");
   Footer f;
   f.index_offset = load_le<std::uint64_t>(&in[0]);
@@ -98,7 +100,7 @@ Footer decode_footer(std::span<const std::uint8_t, kFooterSize> in) {
   f.reserved0 = load_le<std::uint64_t>(&in[40]);
   f.signature_offset = load_le<std::uint64_t>(&in[48]);
   f.signature_size = load_le<std::uint64_t>(&in[56]);
-  std::copy(&in[64], &in[96], f.root_digest.begin());
+  std::copy(in.begin() + 64, in.begin() + 96, f.root_digest.begin());
   return f;
 }
 
@@ -121,7 +123,7 @@ ChunkEntry decode_chunk(std::span<const std::uint8_t, kChunkEntrySize> in) noexc
   c.codec = static_cast<Codec>(in[16]);
   c.filter = static_cast<Filter>(in[17]);
   c.flags = load_le<std::uint16_t>(&in[18]);
-  std::copy(&in[24], &in[56], c.digest.begin());
+  std::copy(in.begin() + 24, in.begin() + 56, c.digest.begin());
   return c;
 }
 

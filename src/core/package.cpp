@@ -167,7 +167,8 @@ void Package::validate_chunks() const {
       throw bad("stored chunk whose sizes differ");
     if (c.offset < format::kHeaderSize || !range_within(c.offset, c.stored_size, footer_.index_offset))
       throw bad("stored bytes lie outside the data section");
-    if (load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0) throw bad("reserved bytes are not zero");
+    if (strict_reserved() && load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0)
+      throw bad("reserved bytes are not zero");
     const auto [it, fresh] = first_at.emplace(c.offset, i);
     if (!fresh) {
       const auto o = chunk(it->second);
@@ -191,7 +192,8 @@ void Package::validate_inodes() const {
     const auto e = inode(static_cast<std::uint32_t>(i));
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("inode {}: {}", i, why)); };
     const auto *raw = &index_[inodes_at_ + i * format::kInodeEntrySize];
-    if (e.reserved != 0 || e.flags != 0 || raw[30] != 0 || raw[31] != 0) throw bad("reserved fields are not zero");
+    if (e.flags != 0) throw bad("unknown flags");
+    if (strict_reserved() && (e.reserved != 0 || raw[30] != 0 || raw[31] != 0)) throw bad("reserved fields are not zero");
     if ((e.mode & ~static_cast<std::uint32_t>(S_IFMT | 0777)) != 0) throw bad("mode has bits other than type and 0777");
     if (static_cast<unsigned>(e.kind) > static_cast<unsigned>(format::FileKind::kData)) throw bad("unknown kind");
     if (e.mtime_nsec >= 1'000'000'000u) throw bad("mtime nanoseconds out of range");

@@ -20,6 +20,27 @@ unsigned shards_for(std::uint64_t budget, std::uint32_t chunk_size) {
 }
 }  // namespace
 
+std::shared_ptr<ChunkBuffer> BufferPool::take(std::size_t size) {
+  std::unique_ptr<ChunkBuffer> b;
+  {
+    std::lock_guard lock(mu_);
+    if (!free_.empty()) {
+      b = std::move(free_.back());
+      free_.pop_back();
+    }
+  }
+  if (!b) b = std::make_unique<ChunkBuffer>();
+  b->resize(size);  // keeps capacity: no page faults when sizes repeat
+  // The deleter holds the pool alive, so buffers may outlive the Reader that made them.
+  return std::shared_ptr<ChunkBuffer>(b.release(), [pool = shared_from_this()](ChunkBuffer *p) { pool->give_back(p); });
+}
+
+void BufferPool::give_back(ChunkBuffer *b) noexcept {
+  std::unique_ptr<ChunkBuffer> owned(b);
+  std::lock_guard lock(mu_);
+  if (free_.size() < max_free_) free_.push_back(std::move(owned));
+}
+
 Reader::Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes)
     : pkg_(std::move(pkg)), cache_(cache_bytes, shards_for(cache_bytes, pkg_->chunk_size())) {}
 
@@ -34,7 +55,7 @@ ChunkPtr Reader::chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *
       entry.offset,
       [&]() -> ChunkPtr {
         thread_local std::vector<std::uint8_t> scratch;
-        auto buf = std::make_shared<ChunkBuffer>(entry.decoded_size);
+        auto buf = pool_->take(entry.decoded_size);
         try {
           pkg_->load_chunk(index, *buf, scratch);
         } catch (const IntegrityError &e) {

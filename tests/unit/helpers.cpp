@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,7 +24,7 @@ fs::path tmp_root() {
 }
 
 TempDir::TempDir() {
-  std::string templ = (tmp_root() / "torshpkg-unit-XXXXXX").string();
+  std::string templ = (tmp_root() / "tpkg-unit-tmp-XXXXXX").string();
   if (::mkdtemp(templ.data()) == nullptr)
     throw std::runtime_error("mkdtemp " + templ + ": " + std::strerror(errno));
   path_ = templ;
@@ -113,6 +114,16 @@ Outcome isolated(const std::function<void()> &fn) {
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
+    // The child reports by exit code only: default signal dispositions (not the test framework's
+    // crash handler), and quiet unless TORSHPKG_TEST_VERBOSE is set (then sanitizer reports show).
+    for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL, SIGTRAP}) std::signal(sig, SIG_DFL);
+    if (!std::getenv("TORSHPKG_TEST_VERBOSE")) {
+      const int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+      if (devnull >= 0) {
+        ::dup2(devnull, 1);
+        ::dup2(devnull, 2);
+      }
+    }
     int code = 20;
     try {
       fn();

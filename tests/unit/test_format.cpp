@@ -156,8 +156,8 @@ TEST_CASE("header: decode rejects unknown major versions, accepts any minor") {
 }
 
 TEST_CASE("header: decode rejects unknown incompat flags, ignores compat flags") {
-  for (std::uint64_t flag : {f::incompat::kEncrypted, f::incompat::kBaseRefs, f::incompat::kFilters,
-                             std::uint64_t{1} << 63, kMax}) {
+  for (std::uint64_t flag : {f::incompat::kEncrypted, f::incompat::kBaseRefs, std::uint64_t{1} << 3,
+                             std::uint64_t{1} << 63, kMax, f::incompat::kFilters | f::incompat::kEncrypted}) {
     f::Header h;
     h.incompat_flags = flag;
     CAPTURE(flag);
@@ -166,6 +166,11 @@ TEST_CASE("header: decode rejects unknown incompat flags, ignores compat flags")
   f::Header h;
   h.compat_flags = kMax;
   CHECK(f::decode_header(encoded_header(h)).compat_flags == kMax);
+  // Filters are implemented: the flag is known.
+  CHECK((f::incompat::kKnown & f::incompat::kFilters) != 0);
+  f::Header hf;
+  hf.incompat_flags = f::incompat::kFilters;
+  CHECK(f::decode_header(encoded_header(hf)).incompat_flags == f::incompat::kFilters);
 }
 
 TEST_CASE("header: decode rejects chunk_shift out of range") {
@@ -182,6 +187,16 @@ TEST_CASE("header: decode rejects a bad header size field") {
     auto b = encoded_header(f::Header{});
     store_le<std::uint32_t>(&b[12], size);
     CAPTURE(size);
+    CHECK_THROWS_AS((void)f::decode_header(b), FormatError);
+  }
+}
+
+// Commit 53fddd1 made reserved bytes must-be-zero; docs/FORMAT.md still says "not checked".
+TEST_CASE("header: decode rejects non-zero reserved bytes 33..63") {
+  for (std::size_t i = 33; i < f::kHeaderSize; ++i) {
+    auto b = encoded_header(f::Header{});
+    b[i] = 0x40;
+    CAPTURE(i);
     CHECK_THROWS_AS((void)f::decode_header(b), FormatError);
   }
 }
@@ -242,6 +257,12 @@ TEST_CASE("footer: decode rejects bad magic, size and version") {
   auto minor = good;
   store_le<std::uint16_t>(&minor[102], 0xffff);
   CHECK_NOTHROW((void)f::decode_footer(minor));
+  for (std::size_t i = 104; i < 120; ++i) {  // reserved, must be zero (see the header test)
+    auto b = good;
+    b[i] = 1;
+    CAPTURE(i);
+    CHECK_THROWS_AS((void)f::decode_footer(b), FormatError);
+  }
   std::array<std::uint8_t, f::kFooterSize> zeros{};
   CHECK_THROWS_AS((void)f::decode_footer(zeros), FormatError);
 }
@@ -347,6 +368,8 @@ TEST_CASE("format constants are consistent") {
   CHECK(f::kMinChunkShift <= f::kDefaultChunkShift);
   CHECK(f::kDefaultChunkShift <= f::kMaxChunkShift);
   CHECK(f::kHeaderMagic[0] == 0x89);
+  CHECK(f::kReservedRootName == ".torshpkg");
+  CHECK(f::kMaxInodes == (1ull << 32) - 16);
   CHECK(f::kFooterMagic[7] == 0);
 }
 

@@ -1,0 +1,350 @@
+// manifest.hpp: semver, ranges, dependencies, safetensors headers, file kinds.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <string>
+
+#include "helpers.hpp"
+#include "torshpkg/endian.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/manifest.hpp"
+
+using namespace torshpkg;
+using format::FileKind;
+
+namespace {
+
+// A safetensors file's leading bytes: 8-byte little-endian header length, then the JSON header.
+th::Bytes st_header_claiming(std::uint64_t n, std::string_view json) {
+  th::Bytes b(8 + json.size());
+  store_le<std::uint64_t>(b.data(), n);
+  std::copy(json.begin(), json.end(), b.begin() + 8);
+  return b;
+}
+
+th::Bytes st_header(std::string_view json) { return st_header_claiming(json.size(), json); }
+
+FileKind kind(std::string_view path, std::string_view head = {}) {
+  return detect_kind(path, th::bytes_of(head));
+}
+
+}  // namespace
+
+TEST_SUITE("manifest") {
+
+TEST_CASE("valid_semver: valid versions from semver.org") {
+  for (const char *v : {"0.0.4", "1.2.3", "10.20.30", "1.1.2-prerelease+meta", "1.1.2+meta", "1.1.2+meta-valid",
+                        "1.0.0-alpha", "1.0.0-beta", "1.0.0-alpha.beta", "1.0.0-alpha.beta.1", "1.0.0-alpha.1",
+                        "1.0.0-alpha0.valid", "1.0.0-alpha.0valid",
+                        "1.0.0-alpha-a.b-c-somethinglong+build.1-aef.1-its-okay", "1.0.0-rc.1+build.1",
+                        "2.0.0-rc.1+build.123", "1.2.3-beta", "10.2.3-DEV-SNAPSHOT", "1.2.3-SNAPSHOT-123", "1.0.0",
+                        "2.0.0", "1.1.7", "2.0.0+build.1848", "2.0.1-alpha.1227", "1.0.0-alpha+beta",
+                        "1.2.3----RC-SNAPSHOT.12.9.1--.12+788", "1.2.3----R-S.12.9.1--.12+meta",
+                        "1.2.3----RC-SNAPSHOT.12.9.1--.12", "1.0.0+0.build.1-rc.10000aaa-kk-0.1",
+                        "99999999999999999999999.999999999999999999.99999999999999999", "1.0.0-0A.is.legal",
+                        "0.0.0", "1.0.0-0", "1.0.0+001", "1.0.0-x.7.z.92", "1.0.0-x-y-z.--"}) {
+    CAPTURE(v);
+    CHECK(valid_semver(v));
+  }
+}
+
+TEST_CASE("valid_semver: invalid versions from semver.org") {
+  for (const char *v :
+       {"", "1", "1.2", "1.2.3-0123", "1.2.3-0123.0123", "1.1.2+.123", "+invalid", "-invalid", "-invalid+invalid",
+        "-invalid.01", "alpha", "alpha.beta", "alpha.beta.1", "alpha.1", "alpha+beta", "alpha_beta", "alpha.",
+        "alpha..", "beta", "1.0.0-alpha_beta", "-alpha.", "1.0.0-alpha..", "1.0.0-alpha..1", "1.0.0-alpha...1",
+        "1.0.0-alpha....1", "1.0.0-alpha.....1", "1.0.0-alpha......1", "1.0.0-alpha.......1", "01.1.1", "1.01.1",
+        "1.1.01", "1.2.3.DEV", "1.2-SNAPSHOT", "1.2.31.2.3----RC-SNAPSHOT.12.09.1--..12+788", "1.2-RC-SNAPSHOT",
+        "-1.0.3-gamma+b7718", "+justmeta", "9.8.7+meta+meta", "9.8.7-whatever+meta+meta",
+        "99999999999999999999999.999999999999999999.99999999999999999----RC-SNAPSHOT.12.09.1-------------------"
+        "-------------..12",
+        // further edge cases
+        "1.2.3-", "1.2.3+", "1.2.3-+", "1.2.3-a+", "v1.2.3", "=1.2.3", " 1.2.3", "1.2.3 ", "1.2.3.4", "1..3",
+        ".1.2", "1.2.", "1.2.3-01", "1.2.3-a.01", "1.2.3-a b", "1.2.3+a b", "1.2.3-\xc3\xa9", "a.b.c", "1.2.x",
+        "00.0.0", "0.00.0", "0.0.00", "-1.2.3", "1.-2.3"}) {
+    CAPTURE(v);
+    CHECK_FALSE(valid_semver(v));
+  }
+}
+
+TEST_CASE("valid_semver_range") {
+  for (const char *r : {"1.2.3", "^1.2", "^1.2.3", "~1.2.3", "~1", ">=1.0 <2.0", ">=1.0.0 <2.0.0", "1.x", "1.2.x",
+                        "1.X", "*", "x", ">1", "<2", "<=2.0", "=1.2.3", "v1.2.3", "1.2 - 2.3", "1.2.3 - 2.3.4",
+                        "^1 || ^2", "1.x || >=2.5.0 || 5.0.0 - 7.2.3", ">=1.2.3-beta.1", "1.2.3+build", "  ^1.2  ",
+                        ">=1.0  <2.0"}) {
+    CAPTURE(r);
+    CHECK(valid_semver_range(r));
+  }
+  for (const char *r : {"", " ", "abc", "1.2.3.4", "||", "1 ||", "|| 1", ">=", "^", "^^1", "01.2", "1.02",
+                        "1.2.3 -", "1.2.3 - ", "- 1.2.3", "1.2.3 - 2.3 - 4", ">=1.0 <", "1.2.3-", "1.2.3-01",
+                        "1.2.3-a..b", "latest", "1.2.3 foo", "> =1.0", ">>1"}) {
+    CAPTURE(r);
+    CHECK_FALSE(valid_semver_range(r));
+  }
+  CHECK_FALSE(valid_semver_range(std::string(300, '1')));
+  std::string long_ok = "1.2.3";
+  while (long_ok.size() + 9 <= 256) long_ok += " || 1.2.3";
+  CHECK(long_ok.size() <= 256);
+  CHECK(valid_semver_range(long_ok));
+  CHECK_FALSE(valid_semver_range(long_ok + " || 1.2.3"));
+}
+
+TEST_CASE("parse_dependency") {
+  auto d = parse_dependency("foo@^1.2");
+  CHECK(d.name == "foo");
+  CHECK(d.range == "^1.2");
+  d = parse_dependency("bar");
+  CHECK(d.name == "bar");
+  CHECK(d.range == "*");
+  d = parse_dependency("@scope/pkg@>=1.0 <2.0");
+  CHECK(d.name == "@scope/pkg");
+  CHECK(d.range == ">=1.0 <2.0");
+  d = parse_dependency("@scope/pkg");
+  CHECK(d.name == "@scope/pkg");
+  CHECK(d.range == "*");
+  d = parse_dependency("@s/p@1");
+  CHECK(d.name == "@s/p");
+  CHECK(d.range == "1");
+  d = parse_dependency("org.team/model-v2_b@1.x || 2.0.0");
+  CHECK(d.name == "org.team/model-v2_b");
+  CHECK(d.range == "1.x || 2.0.0");
+  CHECK(parse_dependency(std::string(214, 'n') + "@1").name.size() == 214);
+
+  for (const std::string &bad : std::initializer_list<std::string>{"", "foo@", "foo@bad", "foo@1.2.3.4", "foo bar@1", "foo$@1", "f\xc3\xa9@1",
+                          "foo@@1", std::string(215, 'n') + "@1", "foo@1 ||",
+                          // a leading '@' starts @scope/name
+                          "@", "@1.0", "@1.2.3", "@scope", "@scope@1", "@/pkg", "@scope/", "@scope/@1"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS((void)parse_dependency(bad), UsageError);
+  }
+}
+
+TEST_CASE("parse_safetensors: a valid header") {
+  const std::string json =
+      R"({"__metadata__":{"format":"pt"},)"
+      R"("a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+      R"("b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]},)"
+      R"("c":{"dtype":"F32","shape":[],"data_offsets":[32,36]},)"
+      R"("z":{"dtype":"I64","shape":[0,5],"data_offsets":[36,36]}}   )";  // trailing padding spaces
+  const auto b = st_header(json);
+  const auto s = parse_safetensors(b, b.size() + 36);
+  REQUIRE(s.has_value());
+  CHECK(s->tensors == 4);
+  CHECK(s->parameters == 6 + 4 + 1 + 0);
+  CHECK(s->dtypes.size() == 3);
+  CHECK(s->dtypes.at("F32") == 2);
+  CHECK(s->dtypes.at("BF16") == 1);
+  CHECK(s->dtypes.at("I64") == 1);
+  // Tensor ranges: absolute file offsets, sorted by begin.
+  const std::uint64_t at = 8 + json.size();
+  REQUIRE(s->ranges.size() == 4);
+  CHECK(s->ranges[0].begin == at);
+  CHECK(s->ranges[0].end == at + 24);
+  CHECK(s->ranges[0].dtype == "F32");
+  CHECK(s->ranges[1].begin == at + 24);
+  CHECK(s->ranges[1].dtype == "BF16");
+  CHECK(s->ranges[3].begin == at + 36);
+  CHECK(s->ranges[3].end == at + 36);
+
+  // Data beyond the last tensor is allowed; tensors may be given in any order.
+  const auto b2 = st_header(R"({"y":{"dtype":"U8","shape":[8],"data_offsets":[8,16]},)"
+                            R"("x":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})");
+  const auto s2 = parse_safetensors(b2, b2.size() + 1000);
+  REQUIRE(s2.has_value());
+  CHECK(s2->tensors == 2);
+  CHECK(s2->parameters == 16);
+  REQUIRE(s2->ranges.size() == 2);
+  CHECK(s2->ranges[0].begin < s2->ranges[1].begin);  // sorted although given in reverse
+
+  // Only metadata: zero tensors.
+  const auto b3 = st_header(R"({"__metadata__":{}})");
+  const auto s3 = parse_safetensors(b3, b3.size());
+  REQUIRE(s3.has_value());
+  CHECK(s3->tensors == 0);
+
+  // The bytes given may extend past the header (the first read of a file).
+  auto b4 = st_header(R"({"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})");
+  b4.push_back(0x12);
+  b4.push_back(0x34);
+  const auto s4 = parse_safetensors(b4, b4.size());
+  REQUIRE(s4.has_value());
+  CHECK(s4->parameters == 1);
+}
+
+TEST_CASE("parse_safetensors: not a safetensors file -> nullopt") {
+  CHECK_FALSE(parse_safetensors({}, 0).has_value());
+  CHECK_FALSE(parse_safetensors(th::bytes_of("{}"), 2).has_value());
+  CHECK_FALSE(parse_safetensors(th::bytes_of("12345678"), 8).has_value());
+  CHECK_FALSE(parse_safetensors(th::bytes_of("hello, world, this is text"), 26).has_value());
+  CHECK_FALSE(parse_safetensors(th::bytes_of("PK\x03\x04zipzipzip"), 13).has_value());
+  auto arr = st_header("[1,2,3]");
+  CHECK_FALSE(parse_safetensors(arr, arr.size()).has_value());
+  auto ws = st_header(" {}");  // the header must start with '{'
+  CHECK_FALSE(parse_safetensors(ws, ws.size()).has_value());
+  // Only 8 bytes plus '{' given but the file says 9 bytes: fine; fewer than 9 bytes: not safetensors.
+  auto short_b = st_header("{}");
+  short_b.resize(8);
+  CHECK_FALSE(parse_safetensors(short_b, 100).has_value());
+  auto tiny = st_header("{}");
+  CHECK_FALSE(parse_safetensors(tiny, 8).has_value());  // file_size < 9
+}
+
+TEST_CASE("parse_safetensors: malformed headers throw FormatError") {
+  const std::string t = R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  SUBCASE("header length out of range") {
+    auto b = st_header_claiming(1, "{");
+    CHECK_THROWS_AS((void)parse_safetensors(b, 1000), FormatError);
+    b = st_header_claiming(0, "{}");
+    CHECK_THROWS_AS((void)parse_safetensors(b, 1000), FormatError);
+    b = st_header_claiming(kMaxSafetensorsHeader + 1, "{}");
+    CHECK_THROWS_AS((void)parse_safetensors(b, ~0ull), FormatError);
+    b = st_header_claiming(~0ull, "{}");
+    CHECK_THROWS_AS((void)parse_safetensors(b, ~0ull), FormatError);
+    b = st_header_claiming(~0ull - 7, "{}");  // 8 + n would wrap to 0
+    CHECK_THROWS_AS((void)parse_safetensors(b, ~0ull), FormatError);
+  }
+  SUBCASE("header runs past the end of the file") {
+    const auto b = st_header(t);
+    CHECK_THROWS_AS((void)parse_safetensors(b, b.size() - 1), FormatError);
+    CHECK_THROWS_AS((void)parse_safetensors(b, 9), FormatError);
+  }
+  SUBCASE("header incomplete in the bytes given") {
+    auto b = st_header(t);
+    b.erase(b.end() - 5, b.end());
+    CHECK_THROWS_AS((void)parse_safetensors(b, 10'000), FormatError);
+  }
+  SUBCASE("not JSON") {
+    for (std::string j : {"{", "{not json}", "{\"a\":}", "{\"a\":1,}", "{\"a\":1}}", "{\"a\":\"\xff\"}"}) {
+      CAPTURE(j);
+      const auto b = st_header(j);
+      CHECK_THROWS_AS((void)parse_safetensors(b, b.size() + 100), FormatError);
+    }
+  }
+  SUBCASE("malformed tensor entries") {
+    for (std::string j : {
+             R"({"t":1})",
+             R"({"t":{"shape":[1],"data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","shape":[1]}})",
+             R"({"t":{"dtype":8,"shape":[1],"data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","shape":1,"data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1,2]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[-1,1]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1.5]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":"0,1"}})",
+             R"({"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})",
+             R"({"t":{"dtype":"U8","shape":["1"],"data_offsets":[0,1]}})",
+         }) {
+      CAPTURE(j);
+      const auto b = st_header(j);
+      CHECK_THROWS_AS((void)parse_safetensors(b, b.size() + 100), FormatError);
+    }
+  }
+  SUBCASE("offsets beyond the data section") {
+    for (std::string j : {
+             R"({"t":{"dtype":"U8","shape":[101],"data_offsets":[0,101]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[100,101]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[5,4]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551615]}})",
+             R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[18446744073709551615,18446744073709551615]}})",
+         }) {
+      CAPTURE(j);
+      const auto b = st_header(j);
+      CHECK_THROWS_AS((void)parse_safetensors(b, b.size() + 100), FormatError);
+    }
+    // exactly at the end is fine
+    const auto ok = st_header(R"({"t":{"dtype":"U8","shape":[100],"data_offsets":[0,100]}})");
+    CHECK(parse_safetensors(ok, ok.size() + 100).has_value());
+  }
+  SUBCASE("overlapping tensors") {
+    for (std::string j : {
+             R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},"b":{"dtype":"U8","shape":[10],"data_offsets":[9,19]}})",
+             R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[5,15]},"b":{"dtype":"U8","shape":[2],"data_offsets":[7,9]}})",
+             R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},"b":{"dtype":"U8","shape":[10],"data_offsets":[0,10]}})",
+         }) {
+      CAPTURE(j);
+      const auto b = st_header(j);
+      CHECK_THROWS_AS((void)parse_safetensors(b, b.size() + 100), FormatError);
+    }
+    const auto touching = st_header(
+        R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},"b":{"dtype":"U8","shape":[10],"data_offsets":[10,20]}})");
+    CHECK(parse_safetensors(touching, touching.size() + 20).has_value());
+  }
+  SUBCASE("shape and parameter count overflow") {
+    const auto b = st_header(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})");
+    CHECK_THROWS_AS((void)parse_safetensors(b, b.size()), FormatError);
+    const auto b2 = st_header(R"({"t":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,0]}})");
+    CHECK_THROWS_AS((void)parse_safetensors(b2, b2.size()), FormatError);
+    const auto b3 = st_header(R"({"a":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]},)"
+                              R"("b":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]}})");
+    CHECK_THROWS_AS((void)parse_safetensors(b3, b3.size()), FormatError);
+    const auto ok = st_header(R"({"t":{"dtype":"F32","shape":[4294967296,4294967295],"data_offsets":[0,0]}})");
+    const auto s = parse_safetensors(ok, ok.size());
+    REQUIRE(s.has_value());
+    CHECK(s->parameters == 4294967296ull * 4294967295ull);
+  }
+}
+
+TEST_CASE("detect_kind: by name") {
+  CHECK(kind("tokenizer.json") == FileKind::kTokenizer);
+  CHECK(kind("tokenizer_config.json") == FileKind::kTokenizer);
+  CHECK(kind("sub/dir/tokenizer.model") == FileKind::kTokenizer);
+  CHECK(kind("vocab.txt") == FileKind::kTokenizer);
+  CHECK(kind("merges.txt") == FileKind::kTokenizer);
+  CHECK(kind("special_tokens_map.json") == FileKind::kTokenizer);
+  CHECK(kind("added_tokens.json") == FileKind::kTokenizer);
+  CHECK(kind("cl100k_base.tiktoken") == FileKind::kTokenizer);
+  CHECK(kind("spiece.model") == FileKind::kTokenizer);
+  CHECK(kind("sentencepiece.bpe.model") == FileKind::kTokenizer);
+  CHECK(kind("Tokenizer.JSON") == FileKind::kTokenizer);
+
+  CHECK(kind("model.safetensors") == FileKind::kWeights);
+  CHECK(kind("model-00001-of-00002.safetensors") == FileKind::kWeights);
+  CHECK(kind("pytorch_model.bin") == FileKind::kWeights);
+  CHECK(kind("MODEL.SAFETENSORS") == FileKind::kWeights);
+  CHECK(kind("a/b/c.gguf") == FileKind::kWeights);
+  CHECK(kind("model.onnx") == FileKind::kWeights);
+  CHECK(kind("x.pt") == FileKind::kWeights);
+  CHECK(kind("x.ckpt") == FileKind::kWeights);
+  CHECK(kind("x.npz") == FileKind::kWeights);
+
+  CHECK(kind("train.py") == FileKind::kCode);
+  CHECK(kind("src/kernel.cu") == FileKind::kCode);
+  CHECK(kind("run.sh") == FileKind::kCode);
+  CHECK(kind("notebook.ipynb") == FileKind::kCode);
+
+  CHECK(kind("config.json") == FileKind::kConfig);
+  CHECK(kind("generation_config.json") == FileKind::kConfig);
+  CHECK(kind("params.yaml") == FileKind::kConfig);
+  CHECK(kind("setup.cfg") == FileKind::kConfig);
+  CHECK(kind("pyproject.toml") == FileKind::kConfig);
+  CHECK(kind("Dockerfile") == FileKind::kConfig);
+  CHECK(kind("Makefile") == FileKind::kConfig);
+
+  CHECK(kind("train.csv") == FileKind::kData);
+  CHECK(kind("data/part-0.parquet") == FileKind::kData);
+  CHECK(kind("samples.jsonl") == FileKind::kData);
+  CHECK(kind("notes.txt") == FileKind::kData);
+
+  CHECK(kind("README.md") == FileKind::kOther);
+  CHECK(kind("LICENSE") == FileKind::kOther);
+  CHECK(kind("") == FileKind::kOther);
+  CHECK(kind("dir.d/noext") == FileKind::kOther);
+}
+
+TEST_CASE("detect_kind: by content when the name says nothing") {
+  const auto st = st_header(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})");
+  CHECK(detect_kind("weights_without_ext", st) == FileKind::kWeights);
+  CHECK(kind("archive", std::string("PK\x03\x04rest", 8)) == FileKind::kWeights);
+  CHECK(kind("script", "#!/bin/sh\necho hi\n") == FileKind::kCode);
+  CHECK(kind("README", "# Title\n") == FileKind::kOther);
+  CHECK(kind("blob", "abcdefgh{") == FileKind::kOther);  // "abcdefgh" is far too long a header
+  CHECK(kind("empty", "") == FileKind::kOther);
+  CHECK(kind("p", "P") == FileKind::kOther);
+  // The name wins over the content.
+  CHECK(kind("run.py", std::string("PK\x03\x04", 4)) == FileKind::kCode);
+}
+
+}  // TEST_SUITE

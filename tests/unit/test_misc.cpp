@@ -1,0 +1,179 @@
+// digest.hpp, pool.hpp, file.hpp, errors.hpp.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+#include "torshpkg/digest.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/file.hpp"
+#include "torshpkg/pool.hpp"
+
+using namespace torshpkg;
+
+TEST_SUITE("misc") {
+
+TEST_CASE("sha256: known vectors, incremental equals one shot") {
+  CHECK(to_hex(sha256({})) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(to_hex(sha256(th::bytes_of("abc"))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(to_hex(sha256(th::bytes_of("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))) ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  const auto data = th::random_bytes(1'000'003, 1);
+  Sha256 inc;
+  std::size_t at = 0;
+  for (std::size_t step : {std::size_t{0}, std::size_t{1}, std::size_t{63}, std::size_t{64}, std::size_t{65},
+                           std::size_t{4096}, std::size_t{100'000}}) {
+    inc.update(std::span(data).subspan(at, step));
+    at += step;
+  }
+  inc.update(std::span(data).subspan(at));
+  CHECK(inc.finish() == sha256(data));
+  // finish() starts over: the same object hashes the next message from scratch.
+  inc.update(th::bytes_of("abc"));
+  CHECK(to_hex(inc.finish()) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(to_hex(inc.finish()) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  // The one-shot function is reentrant across threads (it keeps one context per thread).
+  std::vector<std::thread> ts;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      const auto mine = th::random_bytes(10'000, static_cast<std::uint64_t>(t));
+      Sha256 ref;
+      ref.update(mine);
+      const auto want = ref.finish();
+      for (int i = 0; i < 200; ++i)
+        if (sha256(mine) != want) ++bad;
+    });
+  for (auto &t : ts) t.join();
+  CHECK(bad == 0);
+}
+
+TEST_CASE("to_hex") {
+  CHECK(to_hex({}).empty());
+  const std::uint8_t b[] = {0x00, 0x0f, 0xf0, 0xff, 0x5a};
+  CHECK(to_hex(b) == "000ff0ff5a");
+}
+
+TEST_CASE("from_hex") {
+  const auto d = sha256(th::bytes_of("abc"));
+  CHECK(from_hex(to_hex(d)) == std::optional<Digest>(d));
+  std::string upper = to_hex(d);
+  for (auto &c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  CHECK(from_hex(upper) == std::optional<Digest>(d));
+  CHECK(from_hex(std::string(64, '0')) == std::optional<Digest>(Digest{}));
+  CHECK_FALSE(from_hex("").has_value());
+  CHECK_FALSE(from_hex(std::string(63, 'a')).has_value());
+  CHECK_FALSE(from_hex(std::string(65, 'a')).has_value());
+  CHECK_FALSE(from_hex(std::string(62, 'a') + "g0").has_value());
+  CHECK_FALSE(from_hex(std::string(62, 'a') + " 0").has_value());
+  CHECK_FALSE(from_hex("0x" + std::string(62, 'a')).has_value());
+  CHECK_FALSE(from_hex(std::string(63, 'a') + std::string(1, '\0')).has_value());
+}
+
+TEST_CASE("thread pool runs every task and propagates exceptions") {
+  ThreadPool pool(4);
+  CHECK(pool.size() == 4);
+  std::atomic<int> sum{0};
+  std::vector<std::future<int>> fs;
+  for (int i = 0; i < 1000; ++i) fs.push_back(pool.submit([i, &sum] {
+    sum += i;
+    return i * 2;
+  }));
+  for (int i = 0; i < 1000; ++i) CHECK(fs[static_cast<std::size_t>(i)].get() == i * 2);
+  CHECK(sum == 999 * 1000 / 2);
+  auto f = pool.submit([]() -> int { throw FormatError("boom"); });
+  CHECK_THROWS_AS(f.get(), FormatError);
+  ThreadPool one(1);
+  std::vector<int> order;
+  std::vector<std::future<void>> vs;
+  for (int i = 0; i < 100; ++i) vs.push_back(one.submit([i, &order] { order.push_back(i); }));
+  for (auto &v : vs) v.get();
+  for (int i = 0; i < 100; ++i) CHECK(order[static_cast<std::size_t>(i)] == i);  // FIFO
+}
+
+TEST_CASE("thread pool destructor with queued work does not hang or crash") {
+  std::atomic<int> ran{0};
+  {
+    ThreadPool pool(2);
+    for (int i = 0; i < 50; ++i) (void)pool.submit([&ran] { ++ran; });
+  }
+  CHECK(ran == 50);  // the destructor drains the queue
+}
+
+TEST_CASE("file helpers: open_read, pread_exact, read_full, write_all") {
+  th::TempDir dir;
+  const auto p = dir / "f";
+  const auto data = th::random_bytes(10'000, 3);
+  th::write_file(p, data);
+
+  try {
+    (void)open_read((dir / "missing").string());
+    FAIL("open_read of a missing file did not throw");
+  } catch (const IoError &e) {
+    CHECK(e.errnum == ENOENT);
+    CHECK(th::contains(e.what(), "missing"));
+  }
+
+  UniqueFd fd = open_read(p.string());
+  REQUIRE(fd);
+  th::Bytes buf(100);
+  pread_exact(fd.get(), buf, 5000, "f");
+  CHECK(std::equal(buf.begin(), buf.end(), data.begin() + 5000));
+  th::Bytes tail(100);
+  CHECK_THROWS_AS(pread_exact(fd.get(), tail, 9950, "f"), FormatError);  // short file
+  CHECK_THROWS_AS(pread_exact(fd.get(), tail, 20'000, "f"), FormatError);
+  th::Bytes all(20'000);
+  CHECK(read_full(fd.get(), all, "f") == 10'000);
+  CHECK(std::equal(data.begin(), data.end(), all.begin()));
+  CHECK(read_full(fd.get(), all, "f") == 0);
+  th::Bytes none;
+  pread_exact(fd.get(), none, 1'000'000, "f");  // nothing to read: fine
+
+  UniqueFd moved(std::move(fd));
+  CHECK_FALSE(fd);
+  CHECK(moved);
+  const int raw = moved.release();
+  CHECK_FALSE(moved);
+  ::close(raw);
+
+  UniqueFd w(::open((dir / "out").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  REQUIRE(w);
+  write_all(w.get(), data, "out");
+  w.reset();
+  CHECK(th::read_file(dir / "out") == data);
+
+  UniqueFd bad(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  CHECK_THROWS_AS(write_all(bad.get(), data, "ro"), IoError);
+}
+
+TEST_CASE("throw_errno carries errno and the path") {
+  try {
+    throw_errno("open", "/some/path", EACCES);
+  } catch (const IoError &e) {
+    CHECK(e.errnum == EACCES);
+    CHECK(th::contains(e.what(), "/some/path"));
+  }
+  errno = ENOSPC;
+  try {
+    throw_errno("write", "x");
+  } catch (const IoError &e) {
+    CHECK(e.errnum == ENOSPC);
+  }
+  // The hierarchy the front ends rely on.
+  CHECK_THROWS_AS(throw FormatError("x"), Error);
+  CHECK_THROWS_AS(throw IntegrityError("x"), Error);
+  CHECK_THROWS_AS(throw UsageError("x"), Error);
+  CHECK_THROWS_AS(throw NotFoundError("x"), Error);
+  CHECK_THROWS_AS(throw Interrupted(), Error);
+  CHECK_THROWS_AS(throw IoError("x", EIO), std::runtime_error);
+}
+
+}  // TEST_SUITE
