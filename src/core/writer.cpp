@@ -221,11 +221,23 @@ class FilterPlan {
   FilterPlan() = default;
   FilterPlan(std::vector<TensorRange> ranges, bool sample) : ranges_(std::move(ranges)), sample_(sample) {}
 
-  void choose(std::uint64_t chunk_begin, std::size_t len, bool &try_plain, std::vector<FilterTry> &tries) const {
+  // True when the choice for this chunk waits on trial results still in flight: the caller then
+  // commits finished chunks first, so the choice (and the package bytes) never depend on timing or
+  // on the number of threads.
+  [[nodiscard]] bool waiting(std::uint64_t chunk_begin, std::size_t len) const {
+    if (sample_) return sample_submitted_ >= kSampleChunks && sampled_ < kSampleChunks;
+    const auto t = target(chunk_begin, len);
+    if (!t) return false;
+    const auto &st = stats_[static_cast<unsigned>(t->filter)];
+    return st.submitted >= kTrialChunks && st.trials < kTrialChunks;
+  }
+
+  void choose(std::uint64_t chunk_begin, std::size_t len, bool &try_plain, std::vector<FilterTry> &tries) {
     tries.clear();
     try_plain = true;
     if (sample_) {
-      if (sampled_ < kSampleChunks) {
+      if (sample_submitted_ < kSampleChunks) {
+        ++sample_submitted_;
         tries = {{format::Filter::kBf16, 0}, {format::Filter::kFp32, 0}};
       } else if (sample_choice_ != format::Filter::kNone) {
         tries = {{sample_choice_, 0}};
@@ -233,28 +245,14 @@ class FilterPlan {
       }
       return;
     }
-    // The tensor covering most of the chunk decides; the phase aligns the planes with its elements.
-    const TensorRange *best = nullptr;
-    std::uint64_t best_overlap = 0;
-    const std::uint64_t chunk_end = chunk_begin + len;
-    auto it = std::upper_bound(ranges_.begin(), ranges_.end(), chunk_begin,
-                               [](std::uint64_t v, const TensorRange &r) { return v < r.begin; });
-    if (it != ranges_.begin()) --it;
-    for (; it != ranges_.end() && it->begin < chunk_end; ++it) {
-      const std::uint64_t lo = std::max(it->begin, chunk_begin), hi = std::min(it->end, chunk_end);
-      if (hi > lo && hi - lo > best_overlap) best_overlap = hi - lo, best = &*it;
-    }
-    if (!best || best_overlap * 2 < len) return;
-    const auto f = filter_for_dtype(best->dtype);
-    if (!f) return;
-    const unsigned w = filter_width(*f);
-    const unsigned phase = best->begin >= chunk_begin ? static_cast<unsigned>((best->begin - chunk_begin) % w)
-                                                      : static_cast<unsigned>((w - (chunk_begin - best->begin) % w) % w);
-    const auto &st = stats_[static_cast<unsigned>(*f)];
-    if (st.trials < kTrialChunks) {
-      tries = {{*f, phase}};
+    const auto t = target(chunk_begin, len);
+    if (!t) return;
+    auto &st = stats_[static_cast<unsigned>(t->filter)];
+    if (st.submitted < kTrialChunks) {
+      ++st.submitted;
+      tries = {*t};
     } else if (st.filter_wins * 2 >= st.trials) {
-      tries = {{*f, phase}};
+      tries = {*t};
       try_plain = false;
     }
   }
@@ -280,14 +278,36 @@ class FilterPlan {
   }
 
  private:
+  // The filter and phase for a chunk from the tensor covering most of it (at least half).
+  [[nodiscard]] std::optional<FilterTry> target(std::uint64_t chunk_begin, std::size_t len) const {
+    const TensorRange *best = nullptr;
+    std::uint64_t best_overlap = 0;
+    const std::uint64_t chunk_end = chunk_begin + len;
+    auto it = std::upper_bound(ranges_.begin(), ranges_.end(), chunk_begin,
+                               [](std::uint64_t v, const TensorRange &r) { return v < r.begin; });
+    if (it != ranges_.begin()) --it;
+    for (; it != ranges_.end() && it->begin < chunk_end; ++it) {
+      const std::uint64_t lo = std::max(it->begin, chunk_begin), hi = std::min(it->end, chunk_end);
+      if (hi > lo && hi - lo > best_overlap) best_overlap = hi - lo, best = &*it;
+    }
+    if (!best || best_overlap * 2 < len) return std::nullopt;
+    const auto f = filter_for_dtype(best->dtype);
+    if (!f) return std::nullopt;
+    // The phase aligns the planes with the tensor's elements.
+    const unsigned w = filter_width(*f);
+    const unsigned phase = best->begin >= chunk_begin ? static_cast<unsigned>((best->begin - chunk_begin) % w)
+                                                      : static_cast<unsigned>((w - (chunk_begin - best->begin) % w) % w);
+    return FilterTry{*f, phase};
+  }
+
   static constexpr unsigned kTrialChunks = 4, kSampleChunks = 2;
   struct Stats {
-    unsigned trials = 0, filter_wins = 0;
+    unsigned submitted = 0, trials = 0, filter_wins = 0;
   };
   std::vector<TensorRange> ranges_;
   bool sample_ = false;
   std::array<Stats, 4> stats_{};
-  unsigned sampled_ = 0;
+  unsigned sampled_ = 0, sample_submitted_ = 0;
   std::size_t sample_plain_ = 0;
   std::array<std::size_t, 4> sample_filtered_{};
   format::Filter sample_choice_ = format::Filter::kNone;
@@ -404,7 +424,10 @@ class Packer {
         if (opts_.filters && (sample || !ranges.empty())) plan = FilterPlan(std::move(ranges), sample);
       }
       whole.update(*raw);
-      if (opts_.filters) plan.choose(done, got, try_plain, tries);
+      if (opts_.filters) {
+        while (plan.waiting(done, got) && !inflight.empty()) commit_one(inflight, plan);
+        plan.choose(done, got, try_plain, tries);
+      }
       done += got;
       if (done > size) throw Error(path + ": file grew while it was being packed");
       inflight.push_back(pool_.submit(
