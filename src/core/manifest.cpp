@@ -35,19 +35,23 @@ bool dot_separated(std::string_view s, bool prerelease) {
   }
 }
 
-// A partial version in a range: "1", "1.2", "1.2.3", with x/X/* wildcards, optional suffixes.
-bool valid_partial(std::string_view v) {
-  if (!v.empty() && (v[0] == 'v' || v[0] == '=')) v.remove_prefix(1);
-  const auto plus = v.find('+');
-  if (plus != std::string_view::npos) {
+// Checks and removes "+BUILD" and "-PRERELEASE" from the end of a version, leaving MAJOR.MINOR.PATCH.
+bool strip_suffixes(std::string_view &v) {
+  if (const auto plus = v.find('+'); plus != std::string_view::npos) {
     if (!dot_separated(v.substr(plus + 1), false)) return false;
     v = v.substr(0, plus);
   }
-  const auto dash = v.find('-');
-  if (dash != std::string_view::npos) {
+  if (const auto dash = v.find('-'); dash != std::string_view::npos) {
     if (!dot_separated(v.substr(dash + 1), true)) return false;
     v = v.substr(0, dash);
   }
+  return true;
+}
+
+// A partial version in a range: "1", "1.2", "1.2.3", with x/X/* wildcards, optional suffixes.
+bool valid_partial(std::string_view v) {
+  if (!v.empty() && (v[0] == 'v' || v[0] == '=')) v.remove_prefix(1);
+  if (!strip_suffixes(v)) return false;
   int parts = 0;
   while (true) {
     const auto dot = v.find('.');
@@ -85,16 +89,7 @@ std::vector<std::string_view> split_ws(std::string_view s) {
 }  // namespace
 
 bool valid_semver(std::string_view v) {
-  const auto plus = v.find('+');
-  if (plus != std::string_view::npos) {
-    if (!dot_separated(v.substr(plus + 1), false)) return false;
-    v = v.substr(0, plus);
-  }
-  const auto dash = v.find('-');
-  if (dash != std::string_view::npos) {
-    if (!dot_separated(v.substr(dash + 1), true)) return false;
-    v = v.substr(0, dash);
-  }
+  if (!strip_suffixes(v)) return false;
   int parts = 0;
   while (true) {
     const auto dot = v.find('.');
