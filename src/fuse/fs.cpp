@@ -369,15 +369,22 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
   return out;
 }
 
+namespace {
+// getxattr/listxattr protocol: size 0 asks for the length, a smaller buffer gets ERANGE.
+void reply_xattr_bytes(fuse_req_t req, std::string_view bytes, size_t size) {
+  if (size == 0)
+    fuse_reply_xattr(req, bytes.size());
+  else if (size < bytes.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, bytes.data(), bytes.size());
+}
+}  // namespace
+
 void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
   for (const auto &[key, value] : xattrs(ino)) {
     if (key != name) continue;
-    if (size == 0)
-      fuse_reply_xattr(req, value.size());
-    else if (size < value.size())
-      fuse_reply_err(req, ERANGE);
-    else
-      fuse_reply_buf(req, value.data(), value.size());
+    reply_xattr_bytes(req, value, size);
     return;
   }
   fuse_reply_err(req, ENODATA);
@@ -386,12 +393,7 @@ void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
 void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   std::string names;
   for (const auto &[key, value] : xattrs(ino)) names.append(key).push_back('\0');
-  if (size == 0)
-    fuse_reply_xattr(req, names.size());
-  else if (size < names.size())
-    fuse_reply_err(req, ERANGE);
-  else
-    fuse_reply_buf(req, names.data(), names.size());
+  reply_xattr_bytes(req, names, size);
 }
 
 const fuse_lowlevel_ops &Filesystem::operations() {
