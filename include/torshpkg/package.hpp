@@ -54,6 +54,10 @@ class Package {
 
  private:
   Package() = default;
+  // Decodes the footer, checks that its sections tile the file, records where each section starts;
+  // returns the size of index + manifest to read.
+  std::uint64_t locate(std::span<const std::uint8_t, format::kFooterSize> tail);
+  // After locate(): checks the root digest, then validates the index and the manifest.
   void load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
             std::vector<std::uint8_t> index_and_manifest);
   void validate_chunks() const;

@@ -80,10 +80,8 @@ std::shared_ptr<const Package> Package::open(const std::string &path) {
   pread_exact(p->fd_.get(), tail, p->file_size_ - format::kFooterSize, path);
   try {
     // The footer says how much index to read; validate it before allocating.
-    const auto footer = format::decode_footer(tail);
-    const auto layout = check_layout(footer, p->file_size_);
-    std::vector<std::uint8_t> index(layout.index_size);
-    pread_exact(p->fd_.get(), index, footer.index_offset, path);
+    std::vector<std::uint8_t> index(p->locate(tail));
+    pread_exact(p->fd_.get(), index, p->footer_.index_offset, path);
     p->load(head, tail, std::move(index));
   } catch (const FormatError &e) {
     throw FormatError(fmt::format("{}: {}", path, e.what()));
@@ -101,22 +99,25 @@ std::shared_ptr<const Package> Package::from_bytes(std::span<const std::uint8_t>
   if (p->file_size_ < format::kHeaderSize + format::kFooterSize) throw FormatError("too small to be a package");
   const auto head = std::span(p->image_).first<format::kHeaderSize>();
   const auto tail = std::span(p->image_).last<format::kFooterSize>();
-  const auto footer = format::decode_footer(tail);
-  const auto layout = check_layout(footer, p->file_size_);
-  const auto idx = std::span(p->image_).subspan(footer.index_offset, layout.index_size);
+  const auto index_size = p->locate(tail);  // sets footer_ first
+  const auto idx = std::span(p->image_).subspan(p->footer_.index_offset, index_size);
   p->load(head, tail, std::vector<std::uint8_t>(idx.begin(), idx.end()));
   return p;
+}
+
+std::uint64_t Package::locate(std::span<const std::uint8_t, format::kFooterSize> tail) {
+  footer_ = format::decode_footer(tail);
+  const auto layout = check_layout(footer_, file_size_);
+  inodes_at_ = layout.chunks_bytes;
+  strings_at_ = inodes_at_ + layout.inodes_bytes;
+  manifest_at_ = strings_at_ + footer_.strings_size;
+  return layout.index_size;
 }
 
 void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
                    std::vector<std::uint8_t> index_and_manifest) {
   header_ = format::decode_header(head.first<format::kHeaderSize>());
-  footer_ = format::decode_footer(tail.first<format::kFooterSize>());
-  const auto layout = check_layout(footer_, file_size_);
   index_ = std::move(index_and_manifest);
-  inodes_at_ = layout.chunks_bytes;
-  strings_at_ = inodes_at_ + layout.inodes_bytes;
-  manifest_at_ = strings_at_ + footer_.strings_size;
 
   // Root digest first: a damaged index is reported as damage, not as a confusing format error.
   Sha256 root;
