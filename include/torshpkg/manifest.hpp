@@ -17,6 +17,9 @@ namespace torshpkg {
 // npm-style ranges: "1.2.3", "^1.2", "~1.2.3", ">=1.0 <2.0", "1.x", "*", alternatives joined by "||".
 [[nodiscard]] bool valid_semver_range(std::string_view r);
 
+// Names of packages and of dependencies: 1-214 characters of letters, digits and -_./@
+[[nodiscard]] bool valid_package_name(std::string_view name);
+
 struct Dependency {
   std::string name;
   std::string range;

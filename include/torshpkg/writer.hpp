@@ -46,7 +46,6 @@ struct PackResult {
   Digest root{};
 };
 
-[[nodiscard]] bool valid_package_name(std::string_view name);
 PackResult pack(const PackOptions &opts);
 
 }  // namespace torshpkg

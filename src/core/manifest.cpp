@@ -117,16 +117,20 @@ bool valid_semver_range(std::string_view r) {
   }
 }
 
+bool valid_package_name(std::string_view name) {
+  if (name.empty() || name.size() > 214) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-_./@").find(c) != std::string_view::npos;
+  });
+}
+
 Dependency parse_dependency(std::string_view spec) {
   const auto at = spec.find('@', 1);  // a leading '@' belongs to a scoped name
   Dependency d{std::string(spec.substr(0, at)), at == std::string_view::npos ? "*" : std::string(spec.substr(at + 1))};
   // A leading '@' starts a scoped name, which needs "@scope/name".
   if (d.name.starts_with('@') && (d.name.find('/') == std::string::npos || d.name.find('/') < 2 || d.name.back() == '/'))
     throw UsageError(fmt::format("dependency '{}': a name starting with '@' must be @scope/name", spec));
-  if (d.name.empty() || d.name.size() > 214 ||
-      !std::all_of(d.name.begin(), d.name.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-_./@").find(c) != std::string_view::npos;
-      }))
+  if (!valid_package_name(d.name))
     throw UsageError(fmt::format("dependency '{}': name must be 1-214 characters of letters, digits, -_./@", spec));
   if (!valid_semver_range(d.range))
     throw UsageError(fmt::format("dependency '{}': '{}' is not a semantic version range", spec, d.range));

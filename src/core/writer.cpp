@@ -610,13 +610,6 @@ class Packer {
 
 }  // namespace
 
-bool valid_package_name(std::string_view name) {
-  if (name.empty() || name.size() > 214) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-_./@").find(c) != std::string_view::npos;
-  });
-}
-
 PackResult pack(const PackOptions &in) {
   PackOptions o = in;
   while (o.source_dir.size() > 1 && o.source_dir.back() == '/') o.source_dir.pop_back();
