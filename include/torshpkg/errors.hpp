@@ -16,6 +16,10 @@ struct FormatError : Error {
 struct IntegrityError : Error {
   using Error::Error;
 };
+// The package carries no signature from a trusted key (or none at all) and policy requires one.
+struct TrustError : Error {
+  using Error::Error;
+};
 // The operating system refused a read, write, open, ...; carries errno.
 struct IoError : Error {
   IoError(const std::string &what, int err) : Error(what), errnum(err) {}

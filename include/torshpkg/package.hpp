@@ -13,13 +13,18 @@
 #include "torshpkg/digest.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/format.hpp"
+#include "torshpkg/signing.hpp"
 
 namespace torshpkg {
+
+// Whether load_chunk checks each chunk's SHA-256. kSkipForBenchmark exists only to measure what
+// lazy verification costs (mount.torshpkg -o unsafe_skip_chunk_digests); nothing else may use it.
+enum class ChunkDigests { kVerify, kSkipForBenchmark };
 
 class Package {
  public:
   // Opens and validates; throws FormatError (malformed), IntegrityError (root digest mismatch), IoError.
-  static std::shared_ptr<const Package> open(const std::string &path);
+  static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify);
   // Validates an in-memory image of a whole package (tests, fuzzing); `fd` is unused then.
   static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
 
@@ -31,6 +36,10 @@ class Package {
   [[nodiscard]] std::uint32_t inode_count() const noexcept { return static_cast<std::uint32_t>(footer_.inode_count); }
   [[nodiscard]] std::uint64_t chunk_count() const noexcept { return footer_.chunk_count; }
   [[nodiscard]] const Digest &root_digest() const noexcept { return footer_.root_digest; }
+  // End of the manifest: where the signature block (or the footer) starts.
+  [[nodiscard]] std::uint64_t manifest_end() const noexcept { return footer_.index_offset + index_.size(); }
+  // Parsed at open (FormatError if malformed); checking them is signing.hpp's job.
+  [[nodiscard]] const std::vector<SignatureEntry> &signatures() const noexcept { return signatures_; }
 
   [[nodiscard]] format::InodeEntry inode(std::uint32_t ino) const noexcept;
   [[nodiscard]] format::ChunkEntry chunk(std::uint64_t index) const noexcept;
@@ -55,11 +64,12 @@ class Package {
  private:
   Package() = default;
   // Decodes the footer, checks that its sections tile the file, records where each section starts;
-  // returns the size of index + manifest to read.
+  // returns the size of index + manifest + signature block to read (they are contiguous).
   std::uint64_t locate(std::span<const std::uint8_t, format::kFooterSize> tail);
-  // After locate(): checks the root digest, then validates the index and the manifest.
+  // After locate(): checks the root digest, then validates the index and the manifest, then parses
+  // the signature block, which follows the manifest in `index_manifest_signatures`.
   void load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
-            std::vector<std::uint8_t> index_and_manifest);
+            std::vector<std::uint8_t> index_manifest_signatures);
   void validate_chunks() const;
   void validate_inodes() const;
   void validate_manifest() const;
@@ -75,6 +85,8 @@ class Package {
   format::Footer footer_;
   std::vector<std::uint8_t> index_;  // chunk table | inode table | string table | manifest
   std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
+  std::vector<SignatureEntry> signatures_;
+  ChunkDigests digests_ = ChunkDigests::kVerify;
 };
 
 }  // namespace torshpkg

@@ -11,6 +11,7 @@
 #include "torshpkg/digest.hpp"
 #include "torshpkg/format.hpp"
 #include "torshpkg/manifest.hpp"
+#include "torshpkg/signing.hpp"
 
 namespace torshpkg {
 
@@ -32,6 +33,7 @@ struct PackOptions {
   unsigned threads = 0;  // 0: one per core
   std::vector<std::string> excludes;  // shell globs, matched against the relative path and the base name
   bool filters = true;  // byte-grouping filters for float weights (--filters=auto|none)
+  std::vector<PrivateKey> sign_with;  // signatures written in the same pass (--sign)
   std::function<void(const PackProgress &)> progress;  // called from the packing thread, about 10 times a second
   const std::atomic<bool> *cancel = nullptr;  // set to stop early; the output is then not created
   std::function<void(const std::string &)> warn;  // skipped entries and the like
@@ -43,6 +45,7 @@ struct PackResult {
   std::uint64_t raw_bytes = 0, stored_bytes = 0, dedup_saved_bytes = 0;
   std::uint64_t package_bytes = 0;
   std::uint64_t filtered_chunks = 0;
+  std::size_t signatures = 0;
   Digest root{};
 };
 

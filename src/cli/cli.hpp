@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "torshpkg/package.hpp"
+#include "torshpkg/signing.hpp"
 
 namespace torshpkg::cli {
 
@@ -18,6 +19,7 @@ enum ExitCode : int {
   kFormat = 4,      // not a package, malformed, or an unsupported version or feature
   kIntegrity = 5,   // bytes fail their digests: the package is damaged
   kNotFound = 6,    // a path is not in the package
+  kUntrusted = 7,   // no signature from a trusted key, where one was required
   kInterrupted = 130,
 };
 
@@ -29,6 +31,8 @@ void add_ls(CLI::App &app, Action &action);
 void add_cat(CLI::App &app, Action &action);
 void add_extract(CLI::App &app, Action &action);
 void add_verify(CLI::App &app, Action &action);
+void add_keygen(CLI::App &app, Action &action);
+void add_sign(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.
 [[nodiscard]] bool stderr_is_tty();
@@ -36,6 +40,20 @@ std::string human_bytes(std::uint64_t n);
 // Resolves a path inside the package; with `follow`, follows relative symlinks that stay inside it.
 // Throws NotFoundError naming the path.
 std::uint32_t resolve_in_package(const Package &pkg, std::string_view path, bool follow);
+// --pubkey FILE / --trust DIR, shared by the commands that check signatures.
+struct TrustArgs {
+  std::vector<std::string> pubkeys, dirs;
+  // True when the user named keys: then a trusted signature is required.
+  [[nodiscard]] bool explicit_trust() const noexcept { return !pubkeys.empty() || !dirs.empty(); }
+};
+void add_trust_options(CLI::App *cmd, TrustArgs &args);
+// The named keys, or the default trust directory when none was named.
+[[nodiscard]] TrustStore load_trust(const TrustArgs &args);
+// "valid (trusted key)", "INVALID", "untrusted key": the words inspect and verify print.
+[[nodiscard]] std::string_view signature_state_name(SignatureCheck::State s) noexcept;
+// --passphrase-file: its first line, without the newline; nullopt when not given.
+[[nodiscard]] std::optional<std::string> read_passphrase_file(const std::string &path);
+
 // A one-line progress bar on stderr, drawn only when stderr is a terminal.
 class ProgressBar {
  public:

@@ -15,7 +15,20 @@ namespace torshpkg::cli {
 
 namespace {
 
-nlohmann::ordered_json summarise(const Package &pkg) {
+nlohmann::ordered_json signatures_json(const Package &pkg, const TrustStore &trust) {
+  auto out = nlohmann::ordered_json::array();
+  for (const auto &c : check_signatures(pkg, trust)) {
+    nlohmann::ordered_json s;
+    s["algorithm"] = "ed25519";
+    s["key_id"] = to_hex(c.entry.key_id);
+    s["status"] = signature_state_name(c.state);
+    if (!c.key_source.empty()) s["key"] = c.key_source;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   std::uint64_t files = 0, dirs = 0, links = 0, raw = 0;
   for (std::uint32_t i = 0; i < pkg.inode_count(); ++i) {
     const auto e = pkg.inode(i);
@@ -46,7 +59,8 @@ nlohmann::ordered_json summarise(const Package &pkg) {
   j["package"] = pkg.path();
   j["format_version"] = fmt::format("{}.{}", pkg.header().version_major, pkg.header().version_minor);
   j["root_sha256"] = to_hex(pkg.root_digest());
-  j["signed"] = pkg.footer().signature_size != 0;
+  j["signed"] = !pkg.signatures().empty();
+  j["signatures"] = signatures_json(pkg, trust);
   j["chunk_size"] = pkg.chunk_size();
   j["files"] = files;
   j["directories"] = dirs;
@@ -94,6 +108,9 @@ void print_human(const nlohmann::ordered_json &j) {
       if (d.is_object()) fmt::print("depends     {} {}\n", str_or(d, "name"), str_or(d, "range"));
   fmt::print("format      {}   root sha256 {}   {}\n", j["format_version"].get<std::string>(),
              j["root_sha256"].get<std::string>(), j["signed"].get<bool>() ? "signed" : "unsigned");
+  for (const auto &s : j["signatures"])
+    fmt::print("signature   {} {} {}{}\n", s["algorithm"].get<std::string>(), s["key_id"].get<std::string>(),
+               s["status"].get<std::string>(), s.contains("key") ? " (" + s["key"].get<std::string>() + ")" : "");
   fmt::print("contents    {} files, {} directories, {} symlinks\n", j["files"].get<std::uint64_t>(),
              j["directories"].get<std::uint64_t>(), j["symlinks"].get<std::uint64_t>());
   fmt::print("chunks      {} of {}, {} stored once", j["chunks"].get<std::uint64_t>(),
@@ -131,13 +148,15 @@ void print_human(const nlohmann::ordered_json &j) {
 void add_inspect(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
-  auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, counts, sizes and compression");
+  auto trust = std::make_shared<TrustArgs>();
+  auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, signatures, counts, sizes and compression");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_flag("--json", *json, "Print JSON instead of text");
-  cmd->callback([&action, file, json] {
-    action = [file, json]() -> int {
+  add_trust_options(cmd, *trust);
+  cmd->callback([&action, file, json, trust] {
+    action = [file, json, trust]() -> int {
       const auto pkg = Package::open(*file);
-      const auto j = summarise(*pkg);
+      const auto j = summarise(*pkg, load_trust(*trust));
       if (*json)
         fmt::print("{}\n", j.dump(2));
       else

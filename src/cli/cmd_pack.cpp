@@ -40,6 +40,8 @@ void add_pack(CLI::App &app, Action &action) {
   auto deps = std::make_shared<std::vector<std::string>>();
   auto quiet = std::make_shared<bool>(false);
   auto filters = std::make_shared<std::string>("auto");
+  auto sign_keys = std::make_shared<std::vector<std::string>>();
+  auto pass_file = std::make_shared<std::string>();
   auto *cmd = app.add_subcommand("pack", "Pack a directory into a .tpkg package");
   cmd->add_option("DIR", opts->source_dir, "Directory to pack")->required()->check(CLI::ExistingDirectory);
   cmd->add_option("-o,--output", opts->output, "Package file to write")->required();
@@ -57,10 +59,16 @@ void add_pack(CLI::App &app, Action &action) {
       ->allow_extra_args(false);
   cmd->add_option("--filters", *filters, "Byte-grouping filters for float weights: auto (default) or none")
       ->check(CLI::IsMember({"auto", "none"}));
+  cmd->add_option("--sign", *sign_keys, "Sign with this private key in the same pass (repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_option("--passphrase-file", *pass_file, "Passphrase of encrypted signing keys (first line)");
   cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
-  cmd->callback([&action, opts, chunk, deps, quiet, filters] {
-    action = [opts, chunk, deps, quiet, filters]() -> int {
+  cmd->callback([&action, opts, chunk, deps, quiet, filters, sign_keys, pass_file] {
+    action = [opts, chunk, deps, quiet, filters, sign_keys, pass_file]() -> int {
       opts->chunk_shift = parse_chunk_size(*chunk);
+      // Keys first: a wrong passphrase should fail before minutes of packing, not after.
+      const auto passphrase = read_passphrase_file(*pass_file);
+      for (const auto &k : *sign_keys) opts->sign_with.push_back(PrivateKey::load(k, passphrase));
       opts->filters = *filters == "auto";
       for (const auto &d : *deps) opts->dependencies.push_back(parse_dependency(d));
       ProgressBar bar("packing");
@@ -80,6 +88,7 @@ void add_pack(CLI::App &app, Action &action) {
         if (r.filtered_chunks) fmt::print(", {} filtered", r.filtered_chunks);
         if (r.dedup_saved_bytes) fmt::print(", dedup saved {}", human_bytes(r.dedup_saved_bytes));
         fmt::print("\n  root sha256 {}\n", to_hex(r.root));
+        for (const auto &k : opts->sign_with) fmt::print("  signed by {}\n", to_hex(k.public_key().id()));
       }
       return kOk;
     };

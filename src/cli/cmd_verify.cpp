@@ -32,8 +32,15 @@ ChunkCheck check_chunk(const Package &pkg, std::uint64_t index) {
   }
 }
 
-int verify(const std::string &file, unsigned threads) {
+int verify(const std::string &file, unsigned threads, const TrustArgs &trust_args) {
   const auto pkg = Package::open(file);  // checks header, footer, root digest and the whole index
+  // Signatures first: they vouch for the root, which vouches for every chunk digest.
+  const auto checks = check_signatures(*pkg, load_trust(trust_args));
+  for (const auto &c : checks)
+    fmt::print("{}: signature by {}: {}{}\n", file, to_hex(c.entry.key_id), signature_state_name(c.state),
+               c.key_source.empty() ? "" : " (" + c.key_source + ")");
+  // Named keys demand a trusted signature; without them the result is reported, not required.
+  const auto trust = enforce_trust(*pkg, checks, !trust_args.explicit_trust());
   // Which file owns each chunk: runs are consecutive in inode order.
   std::vector<std::pair<std::uint64_t, std::uint32_t>> owners;
   std::uint64_t files = 0;
@@ -82,8 +89,8 @@ int verify(const std::string &file, unsigned threads) {
     fmt::print("{}: {} of {} files damaged\n", file, damaged.size(), files);
     return kIntegrity;
   }
-  fmt::print("{}: OK ({} chunks, {} files, root sha256 {})\n", file, pkg->chunk_count(), files,
-             to_hex(pkg->root_digest()));
+  fmt::print("{}: OK ({} chunks, {} files, root sha256 {}; {})\n", file, pkg->chunk_count(), files,
+             to_hex(pkg->root_digest()), trust.summary);
   return kOk;
 }
 
@@ -92,10 +99,14 @@ int verify(const std::string &file, unsigned threads) {
 void add_verify(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto threads = std::make_shared<unsigned>(0);
-  auto *cmd = app.add_subcommand("verify", "Check the index and every chunk digest; name damaged files");
+  auto trust = std::make_shared<TrustArgs>();
+  auto *cmd = app.add_subcommand("verify", "Check signatures, the index and every chunk digest; name damaged files");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_option("--threads", *threads, "Verification threads (default: one per core)");
-  cmd->callback([&action, file, threads] { action = [file, threads] { return verify(*file, *threads); }; });
+  add_trust_options(cmd, *trust);
+  cmd->callback([&action, file, threads, trust] {
+    action = [file, threads, trust] { return verify(*file, *threads, *trust); };
+  });
 }
 
 }  // namespace torshpkg::cli

@@ -7,6 +7,7 @@
 
 #include "cli.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/file.hpp"
 
 namespace torshpkg::cli {
 
@@ -50,6 +51,42 @@ void ProgressBar::update(std::uint64_t done, std::uint64_t total) {
 void ProgressBar::finish() {
   if (drawn_) std::fputs("\n", stderr);
   drawn_ = false;
+}
+
+void add_trust_options(CLI::App *cmd, TrustArgs &args) {
+  cmd->add_option("--pubkey", args.pubkeys, "Trust this public key (repeatable); a trusted signature is then required")
+      ->allow_extra_args(false);
+  cmd->add_option("--trust", args.dirs,
+                  fmt::format("Trust every *.pub in this directory (repeatable; default {})", kDefaultTrustDir))
+      ->allow_extra_args(false);
+}
+
+TrustStore load_trust(const TrustArgs &args) {
+  TrustStore trust;
+  for (const auto &p : args.pubkeys) trust.add_file(p);
+  for (const auto &d : args.dirs) trust.add_dir(d);
+  if (!args.explicit_trust()) trust.add_dir(std::string(kDefaultTrustDir));
+  return trust;
+}
+
+std::string_view signature_state_name(SignatureCheck::State s) noexcept {
+  switch (s) {
+    case SignatureCheck::State::kValid: return "valid, trusted";
+    case SignatureCheck::State::kInvalid: return "INVALID";
+    case SignatureCheck::State::kUntrusted: return "untrusted key";
+  }
+  return "?";
+}
+
+std::optional<std::string> read_passphrase_file(const std::string &path) {
+  if (path.empty()) return std::nullopt;
+  const auto fd = open_read(path);
+  std::string text(4097, '\0');
+  const auto n = read_full(fd.get(), std::span(reinterpret_cast<std::uint8_t *>(text.data()), text.size()), path);
+  text.resize(n);
+  if (const auto nl = text.find('\n'); nl != std::string::npos) text.resize(nl);
+  if (text.size() > 4096) throw UsageError(path + ": passphrase longer than 4096 bytes");
+  return text;
 }
 
 std::uint32_t resolve_in_package(const Package &pkg, std::string_view path, bool follow) {

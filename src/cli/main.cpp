@@ -23,6 +23,8 @@ static int run(int argc, char **argv) {
   add_cat(app, action);
   add_extract(app, action);
   add_verify(app, action);
+  add_keygen(app, action);
+  add_sign(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
@@ -37,6 +39,9 @@ static int run(int argc, char **argv) {
   } catch (const NotFoundError &e) {
     fmt::print(stderr, "torshpkg: {}\n", e.what());
     return kNotFound;
+  } catch (const TrustError &e) {
+    fmt::print(stderr, "torshpkg: untrusted package: {}\n", e.what());
+    return kUntrusted;
   } catch (const IntegrityError &e) {
     fmt::print(stderr, "torshpkg: damaged package: {}\n", e.what());
     return kIntegrity;

@@ -156,7 +156,7 @@ std::optional<SafetensorsSummary> parse_safetensors(std::span<const std::uint8_t
   const std::uint64_t data_at = 8 + n;
   for (const auto &[key, t] : j.items()) {
     if (key == "__metadata__") continue;
-    auto bad = [&](std::string_view why) { return FormatError(fmt::format("safetensors tensor '{}': {}", key, why)); };
+    auto bad = [&, &key = key](std::string_view why) { return FormatError(fmt::format("safetensors tensor '{}': {}", key, why)); };
     if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets"))
       throw bad("needs dtype, shape and data_offsets");
     const auto &dtype = t["dtype"];

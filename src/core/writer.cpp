@@ -564,11 +564,19 @@ class Packer {
     root.update(std::span(footer).first<format::kFooterRootedSize>());
     root.update(index);
     f.root_digest = root.finish();
+    // Signatures vouch for the root; their location lies outside it (footer bytes 48..64).
+    const auto signatures = signature_block_for(f.root_digest, opts_.sign_with);
+    if (!signatures.empty()) {
+      f.signature_offset = pos_ + index.size();
+      f.signature_size = signatures.size();
+    }
     format::encode(f, std::span(footer));
     write_all(fd_, index, out_name());
+    write_all(fd_, signatures, out_name());
     write_all(fd_, footer, out_name());
-    pos_ += index.size() + footer.size();
+    pos_ += index.size() + signatures.size() + footer.size();
     result_.root = f.root_digest;
+    result_.signatures = opts_.sign_with.size();
   }
 
   std::string build_manifest() {

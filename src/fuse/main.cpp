@@ -16,7 +16,7 @@ namespace torshpkg::mount {
 namespace {
 
 // Exit codes shared with torshpkg(1).
-enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kIo = 3, kFormat = 4, kIntegrity = 5 };
+enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kIo = 3, kFormat = 4, kIntegrity = 5, kUntrusted = 7 };
 
 struct SessionDeleter {
   void operator()(fuse_session *se) const noexcept { fuse_session_destroy(se); }
@@ -32,7 +32,19 @@ int serve(const Options &opts) {
   if (!S_ISDIR(st.st_mode)) throw UsageError(opts.mountpoint + ": mount point is not a directory");
   if (::access("/dev/fuse", R_OK | W_OK) != 0)
     throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
-  auto pkg = Package::open(opts.package);  // validates header, footer, root digest and the whole index
+  // Validates header, footer, root digest and the whole index, then the signatures over the root:
+  // the cost depends on the index size only, never on the amount of data.
+  auto pkg = Package::open(opts.package, opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify);
+  TrustStore trust;
+  for (const auto &k : opts.pubkeys) trust.add_file(k);
+  for (const auto &d : opts.trust_dirs) trust.add_dir(d);
+  if (opts.pubkeys.empty() && opts.trust_dirs.empty()) trust.add_dir(std::string(kDefaultTrustDir));
+  const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
+  if (!decision.trusted)
+    fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", opts.package,
+               decision.summary);
+  if (opts.skip_chunk_digests)
+    fmt::print(stderr, "mount.torshpkg: WARNING: unsafe_skip_chunk_digests: chunks are NOT verified (benchmarks only)\n");
 
   std::vector<std::string> argv_store = {"mount.torshpkg"};
   std::string fuse_opts = "ro,default_permissions,subtype=torshpkg";
@@ -77,6 +89,7 @@ int serve(const Options &opts) {
   if (!opts.foreground) {
     ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
     fs.set_daemonized(true);
+    ::syslog(LOG_INFO, "mounted %s on %s: %s", opts.package.c_str(), opts.mountpoint.c_str(), decision.summary.c_str());
   }
   fs.start(se.get());
   fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -106,6 +119,10 @@ int run(int argc, char **argv) {
   } catch (const UsageError &e) {
     fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
     return kUsage;
+  } catch (const TrustError &e) {
+    fmt::print(stderr, "mount.torshpkg: refusing to mount: {} (trust its key with -o trust=DIR or -o pubkey=FILE, "
+                       "or mount anyway with -o allow_unsigned)\n", e.what());
+    return kUntrusted;
   } catch (const IntegrityError &e) {
     fmt::print(stderr, "mount.torshpkg: damaged package: {}\n", e.what());
     return kIntegrity;

@@ -23,6 +23,10 @@ and every chunk is checked against its SHA-256 before any byte is returned.
   -o workers=N    background decoding threads (default: one per core)
   -o readahead=S  decode this far ahead of sequential readers (default 8M; 0 disables)
   -o nopush       do not push whole decoded chunks into the kernel page cache
+  -o trust=DIR    trust the Ed25519 keys (*.pub) in DIR (repeatable;
+                  default /etc/torshpkg/trusted.d)
+  -o pubkey=FILE  trust this public key (repeatable)
+  -o allow_unsigned  mount a package that no trusted key signed
   -o allow_other, allow_root, fsname=NAME, subtype=NAME
   -h, --help      this help
   -V, --version   version
@@ -79,6 +83,13 @@ void apply_option_list(Options &o, std::string_view list) {
       if (o.workers > 64) throw UsageError("workers must be from 0 to 64");
     } else if (key == "readahead") {
       o.readahead_bytes = parse_size("readahead", value);
+    } else if (key == "trust" || key == "pubkey") {
+      if (value.empty()) throw UsageError(fmt::format("{}= needs a path", key));
+      (key == "trust" ? o.trust_dirs : o.pubkeys).push_back(value);
+    } else if (opt == "allow_unsigned") {
+      o.allow_unsigned = true;
+    } else if (opt == "unsafe_skip_chunk_digests") {
+      o.skip_chunk_digests = true;
     } else if (opt == "nopush") {
       o.push_to_page_cache = false;
     } else if (opt == "allow_other" || opt == "allow_root" || opt == "default_permissions" || key == "fsname" ||

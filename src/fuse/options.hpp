@@ -20,6 +20,10 @@ struct Options {
   unsigned workers = 0;                     // background decoders; 0: one per core
   std::uint64_t readahead_bytes = 8ull << 20;  // decode this far ahead of sequential readers
   bool push_to_page_cache = true;           // hand whole decoded chunks to the kernel page cache
+  std::vector<std::string> trust_dirs;  // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
+  std::vector<std::string> pubkeys;     // -o pubkey=FILE (repeatable)
+  bool allow_unsigned = false;          // mount without a trusted signature
+  bool skip_chunk_digests = false;      // benchmarking only: measure what lazy verification costs
   std::vector<std::string> fuse_options;  // passed to libfuse: allow_other, fsname=, ...
 };
 

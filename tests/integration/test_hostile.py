@@ -113,7 +113,8 @@ def refused(h, label, path, mnt, words=()):
         h.check(f"{label}: torshpkg {cmd} exits 4 or 5 with a clear message",
                 rc in (4, 5) and clear and worded, f"exit {rc}: {tail(r.stderr, 300)}")
     try:
-        p = subprocess.run([MOUNT, path, mnt], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run([MOUNT, path, mnt, "-o", "allow_unsigned"], capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
         rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, err = None, "timed out"

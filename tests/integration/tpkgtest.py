@@ -198,8 +198,12 @@ class Harness:
         self.note(f"{tail(r.stdout)} ({time.monotonic() - t:.1f} s)")
 
     # -- mounts -------------------------------------------------------------------------------
-    def mount(self, pkg: str, mnt: str, *opts: str, timeout: float = 60, check_name: str | None = None):
-        """Runs mount.torshpkg; returns (returncode, stderr). Registers the mount for cleanup."""
+    def mount(self, pkg: str, mnt: str, *opts: str, timeout: float = 60, check_name: str | None = None,
+              allow_unsigned: bool = True):
+        """Runs mount.torshpkg; returns (returncode, stderr). Registers the mount for cleanup.
+        Test packages are unsigned unless a test signs them: `allow_unsigned` adds -o allow_unsigned."""
+        if allow_unsigned:
+            opts = (*opts, "-o", "allow_unsigned")
         os.makedirs(mnt, exist_ok=True)
         out = os.path.join(self.tmp, f"mount-{len(self.mounts)}.log")
         self.mounts.append(mnt)

@@ -15,6 +15,7 @@
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"
+#include "torshpkg/signing.hpp"
 #include "torshpkg/reader.hpp"
 #include "torshpkg/writer.hpp"
 
@@ -307,16 +308,29 @@ TEST_CASE("a signature block between manifest and footer is accepted (it is not 
   auto &s = small();
   const Image orig(s.image);
   auto b = s.image;
-  const th::Bytes sig = th::random_bytes(100, 5);
+  const auto sig = encode_signature_block(std::vector{PrivateKey::generate().sign(orig.ft.root_digest)});
   b.insert(b.begin() + static_cast<std::ptrdiff_t>(orig.footer_at()), sig.begin(), sig.end());
   store_le<std::uint64_t>(&b[b.size() - f::kFooterSize + kFSigOffset], orig.manifest_end());
   store_le<std::uint64_t>(&b[b.size() - f::kFooterSize + kFSigSize], sig.size());
   const auto p = Package::from_bytes(b, "signed");
-  CHECK(p->footer().signature_size == 100);
+  CHECK(p->footer().signature_size == sig.size());
+  CHECK(p->signatures().size() == 1);
   CHECK(p->resolve("d/a.txt").has_value());
   // A signature size that disagrees with the actual block is refused.
   store_le<std::uint64_t>(&b[b.size() - f::kFooterSize + kFSigSize], sig.size() - 1);
   CHECK_THROWS_AS((void)Package::from_bytes(b, "signed"), FormatError);
+  // So are bytes that are not a signature block, and a block beyond the size limit.
+  auto junk = s.image;
+  const th::Bytes noise = th::random_bytes(sigblock::kHeaderSize + sigblock::kEntrySize, 5);
+  junk.insert(junk.begin() + static_cast<std::ptrdiff_t>(orig.footer_at()), noise.begin(), noise.end());
+  store_le<std::uint64_t>(&junk[junk.size() - f::kFooterSize + kFSigOffset], orig.manifest_end());
+  store_le<std::uint64_t>(&junk[junk.size() - f::kFooterSize + kFSigSize], noise.size());
+  CHECK_THROWS_AS((void)Package::from_bytes(junk, "junk"), FormatError);
+  auto huge = s.image;
+  huge.insert(huge.begin() + static_cast<std::ptrdiff_t>(orig.footer_at()), sigblock::kMaxSize + 1, 0);
+  store_le<std::uint64_t>(&huge[huge.size() - f::kFooterSize + kFSigOffset], orig.manifest_end());
+  store_le<std::uint64_t>(&huge[huge.size() - f::kFooterSize + kFSigSize], sigblock::kMaxSize + 1);
+  CHECK_THROWS_WITH_AS((void)Package::from_bytes(huge, "huge"), doctest::Contains("limit"), FormatError);
 }
 
 TEST_CASE("header fields: refused or caught by the root digest") {

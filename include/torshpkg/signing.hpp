@@ -1,0 +1,135 @@
+// Ed25519 signatures over the package root, the signature block that holds them, keys and trust.
+//
+// A signature signs 16 bytes of context ("torshpkg-root-v1") followed by the 32-byte root digest.
+// The root covers header, index and manifest, and through the chunk digests every stored byte, so
+// checking a signature costs the same for 100 MiB and 10 TiB; chunks are then checked lazily.
+// docs/FORMAT.md (Signature block) and docs/SECURITY.md describe the format and the policy.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torshpkg/digest.hpp"
+
+struct evp_pkey_st;
+
+namespace torshpkg {
+
+class Package;
+
+namespace sigblock {
+inline constexpr std::array<std::uint8_t, 8> kMagic = {'T', 'P', 'K', 'G', 'S', 'I', 'G', 0x00};
+inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::size_t kHeaderSize = 16;
+inline constexpr std::size_t kEntrySize = 104;
+inline constexpr std::size_t kMaxEntries = 64;
+inline constexpr std::size_t kMaxSize = kHeaderSize + kMaxEntries * kEntrySize;
+inline constexpr std::string_view kContext = "torshpkg-root-v1";  // 16 bytes, signed before the root
+}  // namespace sigblock
+
+enum class SignatureAlgorithm : std::uint16_t { kEd25519 = 1 };
+inline constexpr std::size_t kEd25519PublicKeySize = 32;
+inline constexpr std::size_t kEd25519SignatureSize = 64;
+
+// SHA-256 of the raw public key: names a key without carrying it.
+using KeyId = Digest;
+[[nodiscard]] std::string key_id_short(const KeyId &id);  // first 16 hex digits, for messages
+
+struct SignatureEntry {
+  SignatureAlgorithm algorithm = SignatureAlgorithm::kEd25519;
+  KeyId key_id{};
+  std::array<std::uint8_t, kEd25519SignatureSize> signature{};
+};
+
+// Throws FormatError naming the problem: wrong magic, version, size, count, algorithm, non-zero
+// reserved bytes, or two signatures by the same key. An empty span is "no signatures".
+[[nodiscard]] std::vector<SignatureEntry> parse_signature_block(std::span<const std::uint8_t> block);
+[[nodiscard]] std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry> entries);
+
+class PublicKey {
+ public:
+  // PEM SubjectPublicKeyInfo ("BEGIN PUBLIC KEY"), Ed25519 only. Throws UsageError/IoError.
+  static PublicKey load(const std::string &path);
+  static PublicKey from_pem(std::string_view pem, const std::string &what);
+  [[nodiscard]] const KeyId &id() const noexcept { return id_; }
+  [[nodiscard]] const std::string &source() const noexcept { return source_; }  // file it came from
+  [[nodiscard]] bool verifies(const Digest &root, std::span<const std::uint8_t> signature) const;
+  [[nodiscard]] std::string pem() const;
+
+ private:
+  friend class PrivateKey;
+  struct Free {
+    void operator()(evp_pkey_st *k) const noexcept;
+  };
+  explicit PublicKey(evp_pkey_st *key, std::string source);
+  std::shared_ptr<evp_pkey_st> key_;
+  KeyId id_{};
+  std::string source_;
+};
+
+class PrivateKey {
+ public:
+  static PrivateKey generate();
+  // PEM PKCS#8, optionally encrypted. `passphrase`: nullopt asks on the terminal when the key is
+  // encrypted and stdin is a tty, and fails with a UsageError otherwise.
+  static PrivateKey load(const std::string &path, const std::optional<std::string> &passphrase);
+  [[nodiscard]] PublicKey public_key() const;
+  [[nodiscard]] SignatureEntry sign(const Digest &root) const;
+  // PEM PKCS#8, encrypted with AES-256-CBC when a non-empty passphrase is given.
+  [[nodiscard]] std::string pem(const std::string &passphrase) const;
+
+ private:
+  explicit PrivateKey(evp_pkey_st *key);
+  std::shared_ptr<evp_pkey_st> key_;
+};
+
+// Asks twice on the terminal (no echo); throws UsageError when stdin is not a terminal or the two differ.
+[[nodiscard]] std::string prompt_new_passphrase(const std::string &what);
+
+// Public keys a verifier accepts: files given one by one, or every *.pub in a directory.
+class TrustStore {
+ public:
+  void add(PublicKey key);
+  void add_file(const std::string &path);
+  // Refuses a directory or key file that others may write (like sshd's StrictModes): whoever can
+  // write there can make any package trusted. A missing directory is an empty store.
+  void add_dir(const std::string &dir);
+  [[nodiscard]] const PublicKey *find(const KeyId &id) const noexcept;
+  [[nodiscard]] std::size_t size() const noexcept { return keys_.size(); }
+
+ private:
+  std::vector<PublicKey> keys_;
+};
+
+inline constexpr std::string_view kDefaultTrustDir = "/etc/torshpkg/trusted.d";
+
+struct SignatureCheck {
+  enum class State { kValid, kInvalid, kUntrusted };  // kUntrusted: the key is not in the store
+  SignatureEntry entry;
+  State state = State::kUntrusted;
+  std::string key_source;  // file of the trusted key, when found
+};
+[[nodiscard]] std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStore &trust);
+
+// The policy, in one place for the driver and the CLI. Throws IntegrityError when a trusted key's
+// signature does not verify (the package changed after signing), and TrustError when no trusted
+// key signed it, unless `allow_untrusted`.
+struct TrustDecision {
+  bool trusted = false;  // a trusted key's signature verified
+  std::string summary;   // "signed by trusted key ...", "not signed", "signed only by untrusted key ..."
+};
+TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted);
+
+// Adds (or replaces, for the same key) a signature in an existing package, rewriting only the
+// signature block and the footer at the tail of the file; chunk data and index are not touched.
+// `output`: write a signed copy there instead of changing `path` in place.
+void sign_package(const std::string &path, const PrivateKey &key, const std::string &output = {});
+// Bytes of the signature block to write after the manifest for these keys (the packer's --sign).
+[[nodiscard]] std::vector<std::uint8_t> signature_block_for(const Digest &root, std::span<const PrivateKey> keys);
+
+}  // namespace torshpkg

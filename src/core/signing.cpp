@@ -1,0 +1,404 @@
+#include "torshpkg/signing.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "torshpkg/endian.hpp"
+#include "torshpkg/errors.hpp"
+#include "torshpkg/file.hpp"
+#include "torshpkg/package.hpp"
+
+namespace torshpkg {
+
+namespace {
+
+// The newest OpenSSL error as text, and the queue cleared, for messages that name the cause.
+std::string openssl_error() {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  return buf;
+}
+
+struct BioFree {
+  void operator()(BIO *b) const noexcept { BIO_free(b); }
+};
+using UniqueBio = std::unique_ptr<BIO, BioFree>;
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX *c) const noexcept { EVP_MD_CTX_free(c); }
+};
+using UniqueMdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+
+std::shared_ptr<EVP_PKEY> own(EVP_PKEY *k) {
+  return std::shared_ptr<EVP_PKEY>(k, [](EVP_PKEY *p) { EVP_PKEY_free(p); });
+}
+
+std::string bio_text(BIO *bio) {
+  char *data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
+std::string read_small_file(const std::string &path, std::size_t limit) {
+  const auto fd = open_read(path);
+  std::string text(limit + 1, '\0');
+  const auto n = read_full(fd.get(), std::span(reinterpret_cast<std::uint8_t *>(text.data()), text.size()), path);
+  if (n > limit) throw UsageError(fmt::format("{}: larger than {} bytes, not a key file", path, limit));
+  text.resize(n);
+  return text;
+}
+
+// The message an Ed25519 signature covers: fixed context, then the root digest.
+std::array<std::uint8_t, 48> signed_message(const Digest &root) {
+  static_assert(sigblock::kContext.size() == 16);
+  std::array<std::uint8_t, 48> m{};
+  std::memcpy(m.data(), sigblock::kContext.data(), 16);
+  std::memcpy(m.data() + 16, root.data(), root.size());
+  return m;
+}
+
+struct PassphraseRequest {
+  const std::optional<std::string> *given;
+  const std::string *path;
+  bool unanswered = false;
+};
+
+int passphrase_callback(char *buf, int size, int /*rwflag*/, void *u) {
+  auto *req = static_cast<PassphraseRequest *>(u);
+  if (req->given->has_value()) {
+    const auto &p = **req->given;
+    if (p.size() > static_cast<std::size_t>(size)) return -1;
+    std::memcpy(buf, p.data(), p.size());
+    return static_cast<int>(p.size());
+  }
+  if (::isatty(STDIN_FILENO) != 1) {
+    req->unanswered = true;
+    return -1;
+  }
+  const std::string prompt = fmt::format("Passphrase for {}: ", *req->path);
+  if (EVP_read_pw_string(buf, size, prompt.c_str(), 0) != 0) return -1;
+  return static_cast<int>(std::strlen(buf));
+}
+
+bool is_ed25519(EVP_PKEY *k) { return EVP_PKEY_get_id(k) == EVP_PKEY_ED25519; }
+
+}  // namespace
+
+std::string key_id_short(const KeyId &id) { return to_hex(std::span(id).first(8)); }
+
+std::vector<SignatureEntry> parse_signature_block(std::span<const std::uint8_t> block) {
+  std::vector<SignatureEntry> out;
+  if (block.empty()) return out;
+  if (block.size() < sigblock::kHeaderSize) throw FormatError(fmt::format("signature block of {} bytes is too short", block.size()));
+  if (!std::equal(sigblock::kMagic.begin(), sigblock::kMagic.end(), block.begin()))
+    throw FormatError("signature block has a bad magic");
+  const auto version = load_le<std::uint16_t>(&block[8]);
+  const auto count = load_le<std::uint16_t>(&block[10]);
+  const auto entry_size = load_le<std::uint32_t>(&block[12]);
+  if (version != sigblock::kVersion) throw FormatError(fmt::format("unsupported signature block version {}", version));
+  if (entry_size != sigblock::kEntrySize) throw FormatError(fmt::format("signature entries of {} bytes, expected {}", entry_size, sigblock::kEntrySize));
+  if (count == 0 || count > sigblock::kMaxEntries) throw FormatError(fmt::format("signature block with {} signatures", count));
+  if (block.size() != sigblock::kHeaderSize + count * sigblock::kEntrySize)
+    throw FormatError(fmt::format("signature block is {} bytes, {} signatures need {}", block.size(), count,
+                                  sigblock::kHeaderSize + count * sigblock::kEntrySize));
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto e = block.subspan(sigblock::kHeaderSize + i * sigblock::kEntrySize, sigblock::kEntrySize);
+    SignatureEntry s;
+    const auto alg = load_le<std::uint16_t>(&e[0]);
+    if (alg != static_cast<std::uint16_t>(SignatureAlgorithm::kEd25519))
+      throw FormatError(fmt::format("signature {} uses unknown algorithm {}", i, alg));
+    if (load_le<std::uint16_t>(&e[2]) != 0 || load_le<std::uint32_t>(&e[4]) != 0)
+      throw FormatError(fmt::format("signature {} has non-zero reserved bytes", i));
+    std::copy_n(&e[8], s.key_id.size(), s.key_id.begin());
+    std::copy_n(&e[40], s.signature.size(), s.signature.begin());
+    for (const auto &prev : out)
+      if (prev.key_id == s.key_id) throw FormatError(fmt::format("two signatures by key {}", key_id_short(s.key_id)));
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry> entries) {
+  if (entries.empty()) return {};
+  if (entries.size() > sigblock::kMaxEntries) throw UsageError(fmt::format("at most {} signatures per package", sigblock::kMaxEntries));
+  std::vector<std::uint8_t> b(sigblock::kHeaderSize + entries.size() * sigblock::kEntrySize, 0);
+  std::copy(sigblock::kMagic.begin(), sigblock::kMagic.end(), b.begin());
+  store_le<std::uint16_t>(&b[8], sigblock::kVersion);
+  store_le<std::uint16_t>(&b[10], static_cast<std::uint16_t>(entries.size()));
+  store_le<std::uint32_t>(&b[12], sigblock::kEntrySize);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    auto *e = &b[sigblock::kHeaderSize + i * sigblock::kEntrySize];
+    store_le<std::uint16_t>(e, static_cast<std::uint16_t>(entries[i].algorithm));
+    std::copy(entries[i].key_id.begin(), entries[i].key_id.end(), e + 8);
+    std::copy(entries[i].signature.begin(), entries[i].signature.end(), e + 40);
+  }
+  return b;
+}
+
+// ---- keys ----
+
+void PublicKey::Free::operator()(evp_pkey_st *k) const noexcept { EVP_PKEY_free(k); }
+
+PublicKey::PublicKey(evp_pkey_st *key, std::string source) : key_(own(key)), source_(std::move(source)) {
+  std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
+  std::size_t len = raw.size();
+  if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
+    throw Error("OpenSSL: cannot read the raw public key: " + openssl_error());
+  id_ = sha256(raw);
+}
+
+PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
+  UniqueBio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) throw Error("OpenSSL: out of memory");
+  EVP_PKEY *k = PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
+  if (!k) {
+    ERR_clear_error();
+    throw UsageError(fmt::format("{}: not a PEM public key", what));
+  }
+  if (!is_ed25519(k)) {
+    EVP_PKEY_free(k);
+    throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", what));
+  }
+  return PublicKey(k, what);
+}
+
+PublicKey PublicKey::load(const std::string &path) { return from_pem(read_small_file(path, 64 << 10), path); }
+
+bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signature) const {
+  if (signature.size() != kEd25519SignatureSize) return false;
+  UniqueMdCtx ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
+    throw Error("OpenSSL: cannot start a verification: " + openssl_error());
+  const auto msg = signed_message(root);
+  const int ok = EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), msg.data(), msg.size());
+  ERR_clear_error();
+  return ok == 1;
+}
+
+std::string PublicKey::pem() const {
+  UniqueBio bio(BIO_new(BIO_s_mem()));
+  if (!bio || PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1) throw Error("OpenSSL: cannot write a public key: " + openssl_error());
+  return bio_text(bio.get());
+}
+
+PrivateKey::PrivateKey(evp_pkey_st *key) : key_(own(key)) {}
+
+PrivateKey PrivateKey::generate() {
+  EVP_PKEY *k = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+  if (!k) throw Error("OpenSSL: Ed25519 key generation failed: " + openssl_error());
+  return PrivateKey(k);
+}
+
+PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase) {
+  const std::string text = read_small_file(path, 64 << 10);
+  UniqueBio bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+  if (!bio) throw Error("OpenSSL: out of memory");
+  PassphraseRequest req{&passphrase, &path};
+  EVP_PKEY *k = PEM_read_bio_PrivateKey(bio.get(), nullptr, passphrase_callback, &req);
+  if (!k) {
+    ERR_clear_error();
+    if (req.unanswered) throw UsageError(fmt::format("{}: the key is encrypted: give --passphrase-file", path));
+    if (text.find("ENCRYPTED") != std::string::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
+    throw UsageError(fmt::format("{}: not a PEM private key", path));
+  }
+  if (!is_ed25519(k)) {
+    EVP_PKEY_free(k);
+    throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", path));
+  }
+  return PrivateKey(k);
+}
+
+PublicKey PrivateKey::public_key() const {
+  std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
+  std::size_t len = raw.size();
+  if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
+    throw Error("OpenSSL: cannot read the public key: " + openssl_error());
+  EVP_PKEY *pub = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size());
+  if (!pub) throw Error("OpenSSL: cannot build the public key: " + openssl_error());
+  return PublicKey(pub, "private key");
+}
+
+SignatureEntry PrivateKey::sign(const Digest &root) const {
+  SignatureEntry e;
+  e.key_id = public_key().id();
+  UniqueMdCtx ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
+    throw Error("OpenSSL: cannot start signing: " + openssl_error());
+  const auto msg = signed_message(root);
+  std::size_t len = e.signature.size();
+  if (EVP_DigestSign(ctx.get(), e.signature.data(), &len, msg.data(), msg.size()) != 1 || len != e.signature.size())
+    throw Error("OpenSSL: signing failed: " + openssl_error());
+  return e;
+}
+
+std::string PrivateKey::pem(const std::string &passphrase) const {
+  UniqueBio bio(BIO_new(BIO_s_mem()));
+  if (!bio) throw Error("OpenSSL: out of memory");
+  const EVP_CIPHER *cipher = passphrase.empty() ? nullptr : EVP_aes_256_cbc();
+  if (PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), cipher, passphrase.empty() ? nullptr : passphrase.data(),
+                                    static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
+    throw Error("OpenSSL: cannot write the private key: " + openssl_error());
+  return bio_text(bio.get());
+}
+
+std::string prompt_new_passphrase(const std::string &what) {
+  if (::isatty(STDIN_FILENO) != 1) throw UsageError("--ask-passphrase needs a terminal; use --passphrase-file");
+  std::array<char, 1025> buf{};
+  const std::string prompt = fmt::format("Passphrase for {}: ", what);
+  // verify=1: OpenSSL asks twice and fails when the answers differ.
+  if (EVP_read_pw_string(buf.data(), static_cast<int>(buf.size()), prompt.c_str(), 1) != 0)
+    throw UsageError("passphrases do not match (or reading it failed)");
+  std::string p(buf.data());
+  OPENSSL_cleanse(buf.data(), buf.size());
+  return p;
+}
+
+// ---- trust ----
+
+void TrustStore::add(PublicKey key) {
+  if (!find(key.id())) keys_.push_back(std::move(key));
+}
+
+void TrustStore::add_file(const std::string &path) { add(PublicKey::load(path)); }
+
+void TrustStore::add_dir(const std::string &dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw_errno("stat", dir);
+  }
+  if (!S_ISDIR(st.st_mode)) throw UsageError(dir + ": trust directory is not a directory");
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    throw UsageError(fmt::format("{}: trust directory is writable by group or others (mode {:o}); refusing it", dir,
+                                 st.st_mode & 07777));
+  std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) throw_errno("open directory", dir);
+  std::vector<std::string> names;
+  while (const dirent *e = ::readdir(d.get())) {
+    const std::string_view n = e->d_name;
+    if (n.size() > 4 && n.ends_with(".pub")) names.emplace_back(n);
+  }
+  std::sort(names.begin(), names.end());  // deterministic order for messages
+  for (const auto &n : names) {
+    const std::string path = dir + "/" + n;
+    if (::stat(path.c_str(), &st) != 0) throw_errno("stat", path);
+    if (!S_ISREG(st.st_mode)) continue;
+    if (st.st_mode & (S_IWGRP | S_IWOTH))
+      throw UsageError(fmt::format("{}: trusted key is writable by group or others (mode {:o}); refusing it", path,
+                                   st.st_mode & 07777));
+    add_file(path);
+  }
+}
+
+const PublicKey *TrustStore::find(const KeyId &id) const noexcept {
+  for (const auto &k : keys_)
+    if (k.id() == id) return &k;
+  return nullptr;
+}
+
+std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStore &trust) {
+  std::vector<SignatureCheck> out;
+  for (const auto &s : pkg.signatures()) {
+    SignatureCheck c{s, SignatureCheck::State::kUntrusted, {}};
+    if (const auto *key = trust.find(s.key_id)) {
+      c.key_source = key->source();
+      c.state = key->verifies(pkg.root_digest(), s.signature) ? SignatureCheck::State::kValid
+                                                               : SignatureCheck::State::kInvalid;
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted) {
+  std::vector<std::string> valid, untrusted;
+  for (const auto &c : checks) {
+    const auto id = key_id_short(c.entry.key_id);
+    switch (c.state) {
+      case SignatureCheck::State::kInvalid:
+        throw IntegrityError(fmt::format("{}: the signature by trusted key {} ({}) does not verify: the package was "
+                                         "changed after it was signed",
+                                         pkg.path(), id, c.key_source));
+      case SignatureCheck::State::kValid: valid.push_back(fmt::format("{} ({})", id, c.key_source)); break;
+      case SignatureCheck::State::kUntrusted: untrusted.push_back(id); break;
+    }
+  }
+  if (!valid.empty()) return {true, fmt::format("signed by trusted key {}", fmt::join(valid, ", "))};
+  const std::string why = checks.empty() ? "not signed"
+                                         : fmt::format("signed only by untrusted key{} {}", untrusted.size() > 1 ? "s" : "",
+                                                       fmt::join(untrusted, ", "));
+  if (!allow_untrusted) throw TrustError(fmt::format("{} is {}", pkg.path(), why));
+  return {false, why};
+}
+
+std::vector<std::uint8_t> signature_block_for(const Digest &root, std::span<const PrivateKey> keys) {
+  std::vector<SignatureEntry> entries;
+  for (const auto &k : keys) {
+    auto e = k.sign(root);
+    const bool dup = std::any_of(entries.begin(), entries.end(), [&](const auto &x) { return x.key_id == e.key_id; });
+    if (!dup) entries.push_back(e);
+  }
+  return encode_signature_block(entries);
+}
+
+void sign_package(const std::string &path, const PrivateKey &key, const std::string &output) {
+  const auto pkg = Package::open(path);  // the root must check out before we vouch for it
+  std::vector<SignatureEntry> entries = pkg->signatures();
+  const auto entry = key.sign(pkg->root_digest());
+  const auto same = std::find_if(entries.begin(), entries.end(), [&](const auto &e) { return e.key_id == entry.key_id; });
+  if (same != entries.end()) *same = entry;
+  else entries.push_back(entry);
+  const auto block = encode_signature_block(entries);
+
+  format::Footer f = pkg->footer();
+  const std::uint64_t manifest_end = pkg->manifest_end();
+  f.signature_offset = manifest_end;
+  f.signature_size = block.size();
+  std::vector<std::uint8_t> tail(block);
+  tail.resize(block.size() + format::kFooterSize);
+  format::encode(f, std::span(tail).last<format::kFooterSize>());
+
+  if (output.empty()) {
+    // In place: only the tail (at most a few KiB) is rewritten, then the file is cut to size.
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd) throw_errno("open for writing", path);
+    if (::pwrite(fd.get(), tail.data(), tail.size(), static_cast<off_t>(manifest_end)) != static_cast<ssize_t>(tail.size()))
+      throw_errno("write", path);
+    if (::ftruncate(fd.get(), static_cast<off_t>(manifest_end + tail.size())) != 0) throw_errno("truncate", path);
+    if (::fsync(fd.get()) != 0) throw_errno("fsync", path);
+    return;
+  }
+  // A signed copy: the unchanged prefix, then the new tail, written under a temporary name.
+  const std::string tmp = output + ".tmp";
+  const auto src = open_read(path);
+  UniqueFd dst(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!dst) throw_errno("create", tmp);
+  try {
+    loff_t in_off = 0;
+    while (static_cast<std::uint64_t>(in_off) < manifest_end) {
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(manifest_end - static_cast<std::uint64_t>(in_off), 1u << 30));
+      const ssize_t n = ::copy_file_range(src.get(), &in_off, dst.get(), nullptr, want, 0);
+      if (n < 0) throw_errno("copy", path);
+      if (n == 0) throw FormatError(path + ": file shrank while copying");
+    }
+    write_all(dst.get(), tail, tmp);
+    if (::fsync(dst.get()) != 0) throw_errno("fsync", tmp);
+    if (::rename(tmp.c_str(), output.c_str()) != 0) throw_errno("rename to " + output, tmp);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+}  // namespace torshpkg
