@@ -273,6 +273,15 @@ def main():
                     bad == 1 and good_ranges == len(weights) // CHUNK, f"EIO {bad}, good {good_ranges}")
             with open(os.path.join(mnt, "config.json"), "rb") as f:
                 h.check("the other files read correctly", f.read() == b'{"hidden": 64}\n')
+            # Through mmap: touching a page of the damaged chunk raises SIGBUS; other pages read fine.
+            probe = ("import mmap, sys\n"
+                     "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+                     "ok = m[0:4096] == open(sys.argv[1], 'rb').read(4096)\n"
+                     "sys.stdout.write('first page ok\\n' if ok else 'first page differs\\n'); sys.stdout.flush()\n"
+                     "m[int(sys.argv[2])]\n")
+            r = h.run([sys.executable, "-c", probe, os.path.join(mnt, "model.bin"), str(2 * CHUNK + 100)])
+            h.check("mmap: a healthy page reads back, touching the damaged chunk's page gets SIGBUS",
+                    r.returncode == -7 and "first page ok" in r.stdout, f"exit {r.returncode}: {tail(r.stdout)}")
         h.unmount(mnt)
         r = h.tpkg("verify", path, "--pubkey", k1 + ".pub")
         h.check("verify names model.bin as damaged (exit 5)", r.returncode == 5 and "model.bin" in r.stderr,
