@@ -40,4 +40,22 @@ void pread_exact(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, cons
 [[nodiscard]] std::size_t read_full(int fd, std::span<std::uint8_t> buf, const std::string &what);
 void write_all(int fd, std::span<const std::uint8_t> buf, const std::string &what);
 
+// Output written under a temporary name beside `final_path` (mode 0644) and renamed into place by
+// commit() after an fsync; removed on destruction unless committed. Readers never see a partial file.
+class TempOutput {
+ public:
+  explicit TempOutput(const std::string &final_path);
+  ~TempOutput();
+  TempOutput(const TempOutput &) = delete;
+  TempOutput &operator=(const TempOutput &) = delete;
+  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+  [[nodiscard]] const std::string &temp_path() const noexcept { return tmp_; }
+  void commit();
+
+ private:
+  std::string final_, tmp_;
+  UniqueFd fd_;
+  bool committed_ = false;
+};
+
 }  // namespace torshpkg

@@ -36,6 +36,7 @@ struct SafetensorsSummary {
   std::uint64_t parameters = 0;
   std::map<std::string, std::uint64_t> dtypes;  // dtype -> tensor count
   std::vector<TensorRange> ranges;              // sorted by begin, non-overlapping
+  std::vector<std::string> names;               // tensor names, sorted bytewise (no __metadata__)
 };
 // Parses a safetensors header (given its first bytes and the file size) with bounds checks:
 // header length <= 100 MB, JSON object, data offsets inside the data section, no overlaps.

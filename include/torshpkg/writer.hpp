@@ -36,7 +36,8 @@ struct PackOptions {
   std::vector<PrivateKey> sign_with;  // signatures written in the same pass (--sign)
   std::function<void(const PackProgress &)> progress;  // called from the packing thread, about 10 times a second
   const std::atomic<bool> *cancel = nullptr;  // set to stop early; the output is then not created
-  std::function<void(const std::string &)> warn;  // skipped entries and the like
+  std::function<void(const std::string &)> warn;  // skipped entries, model format problems and notes
+  bool strict = false;  // --strict: refuse to pack when the model format analysis finds problems
 };
 
 struct PackResult {

@@ -33,6 +33,8 @@ void add_extract(CLI::App &app, Action &action);
 void add_verify(CLI::App &app, Action &action);
 void add_keygen(CLI::App &app, Action &action);
 void add_sign(CLI::App &app, Action &action);
+void add_export(CLI::App &app, Action &action);
+void add_import(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.
 [[nodiscard]] bool stderr_is_tty();

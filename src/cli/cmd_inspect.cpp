@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <unordered_set>
 
 #include "cli.hpp"
@@ -91,6 +92,128 @@ std::string str_or(const nlohmann::ordered_json &m, const char *key, const char 
   return fallback;
 }
 
+std::uint64_t uint_or(const nlohmann::ordered_json &m, const char *key) {
+  return m.is_object() && m.contains(key) && m[key].is_number_unsigned() ? m[key].get<std::uint64_t>() : 0;
+}
+
+// The strings of a JSON array (others skipped), at most `max` of them, then "+N more".
+std::string joined(const nlohmann::ordered_json &a, std::size_t max = 8) {
+  std::string out;
+  std::size_t n = 0;
+  if (!a.is_array()) return out;
+  for (const auto &x : a) {
+    if (!x.is_string()) continue;
+    if (n++ < max) out += (out.empty() ? "" : ", ") + x.get<std::string>();
+  }
+  if (n > max) out += fmt::format(", +{} more", n - max);
+  return out;
+}
+
+std::string safetensors_line(const nlohmann::ordered_json &s) {
+  std::string dt;
+  if (s.contains("dtypes") && s["dtypes"].is_object())
+    for (const auto &[d, n] : s["dtypes"].items()) dt += fmt::format("{}{}x{}", dt.empty() ? "" : " ", n.dump(), d);
+  return fmt::format("{} tensors, {} parameters ({})", uint_or(s, "tensors"), uint_or(s, "parameters"), dt);
+}
+
+// The manifest's "formats" (model_formats.hpp); returns the safetensors files shown as shards.
+std::set<std::string> print_formats(const nlohmann::ordered_json &m) {
+  std::set<std::string> shown;
+  if (!m.contains("formats") || !m["formats"].is_object()) return shown;
+  const auto &f = m["formats"];
+  static const nlohmann::ordered_json kNoFiles = nlohmann::ordered_json::object();
+  const auto &files = m.contains("files") && m["files"].is_object() ? m["files"] : kNoFiles;
+  if (f.contains("huggingface") && f["huggingface"].is_array()) {
+    for (const auto &h : f["huggingface"]) {
+      if (!h.is_object()) continue;
+      std::string what = joined(h.contains("architectures") ? h["architectures"] : nlohmann::ordered_json());
+      for (const char *k : {"model_type", "torch_dtype"})
+        if (h.contains(k) && h[k].is_string())
+          what += fmt::format("{}{}", what.empty() ? "" : " ", h[k].get<std::string>());
+      const std::string dir = str_or(h, "dir", ".");
+      const auto n_shards = h.contains("shards") && h["shards"].is_array() ? h["shards"].size() : 0;
+      fmt::print("huggingface {}: {}; {} shard{}, {} parameters{}{}\n", dir.empty() ? "." : dir,
+                 what.empty() ? "-" : what, n_shards, n_shards == 1 ? "" : "s", uint_or(h, "parameters"),
+                 h.contains("index") && h["index"].is_string() ? ", index " + h["index"].get<std::string>() : "",
+                 h.contains("tokenizer") && h["tokenizer"].is_array() && !h["tokenizer"].empty()
+                     ? ", tokenizer " + joined(h["tokenizer"], 4)
+                     : "");
+      if (n_shards == 0) continue;
+      for (const auto &s : h["shards"]) {
+        if (!s.is_string()) continue;
+        const auto &p = s.get<std::string>();
+        shown.insert(p);
+        if (files.contains(p) && files[p].is_object() && files[p].contains("safetensors") &&
+            files[p]["safetensors"].is_object())
+          fmt::print("  shard     {}: {}\n", p, safetensors_line(files[p]["safetensors"]));
+        else
+          fmt::print("  shard     {}: not a safetensors file\n", p);
+      }
+    }
+  }
+  if (f.contains("onnx") && f["onnx"].is_array()) {
+    for (const auto &o : f["onnx"]) {
+      if (!o.is_object()) continue;
+      if (o.contains("error")) {
+        fmt::print("onnx        {}: unreadable: {}\n", str_or(o, "model"), str_or(o, "error"));
+        continue;
+      }
+      std::map<std::string, std::uint64_t> by_file;
+      std::uint64_t ext = 0;
+      if (o.contains("external_data") && o["external_data"].is_array())
+        for (const auto &x : o["external_data"])
+          if (x.is_object()) ++ext, ++by_file[str_or(x, "location")];
+      std::string files_s;
+      for (const auto &[loc, n] : by_file) files_s += fmt::format("{}{} in {}", files_s.empty() ? "" : ", ", n, loc);
+      std::string opsets;
+      if (o.contains("opsets") && o["opsets"].is_object())
+        for (const auto &[d, v] : o["opsets"].items())
+          opsets += fmt::format("{}{} {}", opsets.empty() ? "" : ", ", d.empty() ? "ai.onnx" : d, v.dump());
+      fmt::print("onnx        {}: {} tensors, {} external{}{}{}\n", str_or(o, "model"), uint_or(o, "tensors"), ext,
+                 files_s.empty() ? "" : " (" + files_s + ")", opsets.empty() ? "" : "; opsets " + opsets,
+                 o.contains("producer") ? "; by " + str_or(o, "producer") : "");
+    }
+  }
+  if (f.contains("mlflow") && f["mlflow"].is_array()) {
+    for (const auto &ml : f["mlflow"]) {
+      if (!ml.is_object()) continue;
+      std::string flavors;
+      if (ml.contains("flavors") && ml["flavors"].is_object())
+        for (const auto &[name, fl] : ml["flavors"].items()) {
+          flavors += (flavors.empty() ? "" : ", ") + name;
+          if (fl.is_object() && fl.contains("loader_module") && fl["loader_module"].is_string())
+            flavors += " (" + fl["loader_module"].get<std::string>() + ")";
+        }
+      const auto n = ml.contains("artifacts") && ml["artifacts"].is_array() ? ml["artifacts"].size() : 0;
+      fmt::print("mlflow      {}: flavors {}; {} artifact{}{}\n", str_or(ml, "mlmodel"),
+                 flavors.empty() ? "-" : flavors, n, n == 1 ? "" : "s",
+                 n ? " (" + joined(ml["artifacts"], 4) + ")" : "");
+    }
+  }
+  if (f.contains("pickles") && f["pickles"].is_object()) {
+    for (const auto &[path, p] : f["pickles"].items()) {
+      if (!p.is_object()) continue;
+      std::string line = joined(p.contains("dangerous") ? p["dangerous"] : nlohmann::ordered_json(), 16);
+      if (!line.empty()) line = "DANGEROUS " + line;
+      std::string normal;
+      if (p.contains("imports") && p["imports"].is_array()) {
+        nlohmann::ordered_json rest = nlohmann::ordered_json::array();
+        for (const auto &i : p["imports"]) {
+          bool bad = false;
+          if (p.contains("dangerous") && p["dangerous"].is_array())
+            for (const auto &d : p["dangerous"]) bad = bad || d == i;
+          if (!bad) rest.push_back(i);
+        }
+        normal = joined(rest);
+      }
+      if (!normal.empty()) line += (line.empty() ? "" : "; ") + normal;
+      if (p.contains("error")) line += (line.empty() ? "" : "; ") + std::string("NOT SCANNED: ") + str_or(p, "error");
+      fmt::print("pickle      {} ({}): {}\n", path, str_or(p, "format"), line.empty() ? "no imports" : line);
+    }
+  }
+  return shown;
+}
+
 void print_human(const nlohmann::ordered_json &j) {
   const auto &m = j["manifest"];
   fmt::print("package     {} {}\n", str_or(m, "name"), str_or(m, "version"));
@@ -132,14 +255,10 @@ void print_human(const nlohmann::ordered_json &j) {
   std::string ks;
   for (const auto &[k, n] : kinds) ks += fmt::format("{}{} {}", ks.empty() ? "" : ", ", n, k);
   fmt::print("kinds       {}\n", ks);
+  const auto shards = print_formats(m);
   for (const auto &[path, f] : m["files"].items()) {
-    if (!f.is_object() || !f.contains("safetensors") || !f["safetensors"].is_object()) continue;
-    const auto &s = f["safetensors"];
-    std::string dt;
-    if (s.contains("dtypes") && s["dtypes"].is_object())
-      for (const auto &[d, n] : s["dtypes"].items()) dt += fmt::format("{}{}x{}", dt.empty() ? "" : " ", n.dump(), d);
-    fmt::print("safetensors {}: {} tensors, {} parameters ({})\n", path, s.value("tensors", 0ull),
-               s.value("parameters", 0ull), dt);
+    if (!f.is_object() || !f.contains("safetensors") || !f["safetensors"].is_object() || shards.count(path)) continue;
+    fmt::print("safetensors {}: {}\n", path, safetensors_line(f["safetensors"]));
   }
 }
 

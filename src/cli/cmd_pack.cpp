@@ -1,11 +1,14 @@
-// torshpkg pack DIR -o FILE
+// torshpkg pack DIR -o FILE, and torshpkg import FILE.zip -o FILE (the same packer over an unpacked zip)
 #include <csignal>
+#include <filesystem>
+#include <optional>
 #include <fmt/format.h>
 
 #include "cli.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/writer.hpp"
+#include "torshpkg/zipio.hpp"
 
 namespace torshpkg::cli {
 
@@ -32,20 +35,51 @@ unsigned parse_chunk_size(const std::string &s) {
   throw UsageError(fmt::format("--chunk-size '{}' must be a power of two from 64K to 4M", s));
 }
 
+// A directory made with mkdtemp and removed, with everything in it, on destruction.
+class TempTree {
+ public:
+  explicit TempTree(const std::string &prefix) {
+    std::string templ = prefix + ".XXXXXX";
+    if (!::mkdtemp(templ.data())) throw_errno("create directory", templ);
+    path_ = templ;
+  }
+  ~TempTree() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempTree(const TempTree &) = delete;
+  TempTree &operator=(const TempTree &) = delete;
+  [[nodiscard]] const std::string &path() const noexcept { return path_; }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace
 
-void add_pack(CLI::App &app, Action &action) {
+// `pack DIR` and `import FILE` share every option; import first unpacks the zip into a temporary
+// directory beside the output (removed afterwards) and packs that.
+void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
   auto opts = std::make_shared<PackOptions>();
+  auto zip = std::make_shared<std::string>();
   auto chunk = std::make_shared<std::string>("1M");
   auto deps = std::make_shared<std::vector<std::string>>();
   auto quiet = std::make_shared<bool>(false);
   auto filters = std::make_shared<std::string>("auto");
   auto sign_keys = std::make_shared<std::vector<std::string>>();
   auto pass_file = std::make_shared<std::string>();
-  auto *cmd = app.add_subcommand("pack", "Pack a directory into a .tpkg package");
-  cmd->add_option("DIR", opts->source_dir, "Directory to pack")->required()->check(CLI::ExistingDirectory);
+  auto *cmd = import_zip
+                  ? app.add_subcommand("import", "Make a .tpkg package from a zip: torch.save files, torch.package "
+                                                 "archives or any zip (paths and bytes kept)")
+                  : app.add_subcommand("pack", "Pack a directory into a .tpkg package");
+  if (import_zip)
+    cmd->add_option("FILE", *zip, "Zip archive (.zip, .pt, .pth, ...)")->required()->check(CLI::ExistingFile);
+  else
+    cmd->add_option("DIR", opts->source_dir, "Directory to pack")->required()->check(CLI::ExistingDirectory);
   cmd->add_option("-o,--output", opts->output, "Package file to write")->required();
-  cmd->add_option("--name", opts->name, "Package name (default: the directory's name)");
+  cmd->add_option("--name", opts->name,
+                  import_zip ? "Package name (default: the file's name without extension)"
+                             : "Package name (default: the directory's name)");
   cmd->add_option("--version", opts->version, "Semantic version (default 0.1.0)");
   cmd->add_option("--description", opts->description, "One-line description");
   cmd->add_option("--author", opts->authors, "Author (repeatable)")->allow_extra_args(false);
@@ -62,9 +96,12 @@ void add_pack(CLI::App &app, Action &action) {
   cmd->add_option("--sign", *sign_keys, "Sign with this private key in the same pass (repeatable)")
       ->allow_extra_args(false);
   cmd->add_option("--passphrase-file", *pass_file, "Passphrase of encrypted signing keys (first line)");
+  cmd->add_flag("--strict", opts->strict,
+                "Fail when the model format checks find a problem (broken Hugging Face index, missing ONNX "
+                "external data or MLflow artifact, dangerous or unscannable pickle) instead of warning");
   cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
-  cmd->callback([&action, opts, chunk, deps, quiet, filters, sign_keys, pass_file] {
-    action = [opts, chunk, deps, quiet, filters, sign_keys, pass_file]() -> int {
+  cmd->callback([&action, opts, chunk, deps, quiet, filters, sign_keys, pass_file, zip] {
+    action = [opts, chunk, deps, quiet, filters, sign_keys, pass_file, zip]() -> int {
       opts->chunk_shift = parse_chunk_size(*chunk);
       // Keys first: a wrong passphrase should fail before minutes of packing, not after.
       const auto passphrase = read_passphrase_file(*pass_file);
@@ -77,6 +114,19 @@ void add_pack(CLI::App &app, Action &action) {
       opts->cancel = &g_cancel;
       std::signal(SIGINT, on_signal);
       std::signal(SIGTERM, on_signal);
+      std::optional<TempTree> unpacked;
+      if (!zip->empty()) {
+        if (opts->name.empty()) opts->name = std::filesystem::path(*zip).stem().string();
+        unpacked.emplace(opts->output + ".import");
+        ProgressBar unpack_bar("unpacking");
+        const auto z = extract_zip(*zip, unpacked->path(), [&unpack_bar](std::uint64_t done, std::uint64_t total) {
+          if (g_cancel.load()) throw Interrupted();
+          unpack_bar.update(done, total);
+        });
+        unpack_bar.finish();
+        if (!*quiet) fmt::print("{}: {} files, {} directories, {}\n", *zip, z.files, z.directories, human_bytes(z.bytes));
+        opts->source_dir = unpacked->path();
+      }
       const auto r = pack(*opts);
       bar.finish();
       if (!*quiet) {
@@ -94,5 +144,8 @@ void add_pack(CLI::App &app, Action &action) {
     };
   });
 }
+
+void add_pack(CLI::App &app, Action &action) { add_pack_command(app, action, false); }
+void add_import(CLI::App &app, Action &action) { add_pack_command(app, action, true); }
 
 }  // namespace torshpkg::cli

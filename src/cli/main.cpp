@@ -25,6 +25,8 @@ static int run(int argc, char **argv) {
   add_verify(app, action);
   add_keygen(app, action);
   add_sign(app, action);
+  add_import(app, action);
+  add_export(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {

@@ -1,9 +1,12 @@
 #include "torshpkg/file.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <vector>
 #include <fmt/format.h>
 
 #include "torshpkg/errors.hpp"
@@ -58,6 +61,32 @@ void write_all(int fd, std::span<const std::uint8_t> buf, const std::string &wha
     }
     done += static_cast<std::size_t>(n);
   }
+}
+
+
+TempOutput::TempOutput(const std::string &final_path) : final_(final_path) {
+  std::string templ = final_path + ".tmp.XXXXXX";
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  const int fd = ::mkstemp(buf.data());
+  if (fd < 0) throw_errno("create", templ);
+  fd_.reset(fd);
+  tmp_ = buf.data();
+  ::fchmod(fd, 0644);
+}
+
+TempOutput::~TempOutput() {
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void TempOutput::commit() {
+  if (::fsync(fd_.get()) != 0) throw_errno("fsync", tmp_);
+  fd_.reset();
+  if (::rename(tmp_.c_str(), final_.c_str()) != 0) throw_errno("rename to " + final_, tmp_);
+  committed_ = true;
+  const auto dir = std::filesystem::path(final_).parent_path();
+  UniqueFd d(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d) ::fsync(d.get());  // make the rename durable; failure here loses nothing already written
 }
 
 }  // namespace torshpkg

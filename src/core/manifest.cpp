@@ -172,6 +172,7 @@ std::optional<SafetensorsSummary> parse_safetensors(std::span<const std::uint8_t
     const auto begin = offs[0].get<std::uint64_t>(), end = offs[1].get<std::uint64_t>();
     if (begin > end || end > data_size) throw bad("data offsets outside the data section");
     s.ranges.push_back({data_at + begin, data_at + end, dtype.get<std::string>()});
+    s.names.push_back(key);
     ++s.tensors;
     if (add_overflows(s.parameters, count, s.parameters)) throw bad("parameter count overflows");
     ++s.dtypes[dtype.get<std::string>()];

@@ -380,25 +380,17 @@ void sign_package(const std::string &path, const PrivateKey &key, const std::str
     return;
   }
   // A signed copy: the unchanged prefix, then the new tail, written under a temporary name.
-  const std::string tmp = output + ".tmp";
   const auto src = open_read(path);
-  UniqueFd dst(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!dst) throw_errno("create", tmp);
-  try {
-    loff_t in_off = 0;
-    while (static_cast<std::uint64_t>(in_off) < manifest_end) {
-      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(manifest_end - static_cast<std::uint64_t>(in_off), 1u << 30));
-      const ssize_t n = ::copy_file_range(src.get(), &in_off, dst.get(), nullptr, want, 0);
-      if (n < 0) throw_errno("copy", path);
-      if (n == 0) throw FormatError(path + ": file shrank while copying");
-    }
-    write_all(dst.get(), tail, tmp);
-    if (::fsync(dst.get()) != 0) throw_errno("fsync", tmp);
-    if (::rename(tmp.c_str(), output.c_str()) != 0) throw_errno("rename to " + output, tmp);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
+  TempOutput out(output);
+  loff_t in_off = 0;
+  while (static_cast<std::uint64_t>(in_off) < manifest_end) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(manifest_end - static_cast<std::uint64_t>(in_off), 1u << 30));
+    const ssize_t n = ::copy_file_range(src.get(), &in_off, out.fd(), nullptr, want, 0);
+    if (n < 0) throw_errno("copy", path);
+    if (n == 0) throw FormatError(path + ": file shrank while copying");
   }
+  write_all(out.fd(), tail, out.temp_path());
+  out.commit();
 }
 
 }  // namespace torshpkg

@@ -22,6 +22,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/filter.hpp"
+#include "torshpkg/model_formats.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/pool.hpp"
 #include "torshpkg/version.hpp"
@@ -49,38 +50,6 @@ struct DigestHash {
 };
 
 // Unlinks the temporary output unless committed, so a failed or interrupted pack leaves nothing.
-class TempOutput {
- public:
-  explicit TempOutput(const std::string &final_path) : final_(final_path) {
-    std::string templ = final_path + ".tmp.XXXXXX";
-    std::vector<char> buf(templ.begin(), templ.end());
-    buf.push_back('\0');
-    int fd = ::mkstemp(buf.data());
-    if (fd < 0) throw_errno("create", templ);
-    fd_.reset(fd);
-    tmp_ = buf.data();
-    ::fchmod(fd, 0644);
-  }
-  ~TempOutput() {
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
-  void commit() {
-    if (::fsync(fd_.get()) != 0) throw_errno("fsync", tmp_);
-    fd_.reset();
-    if (::rename(tmp_.c_str(), final_.c_str()) != 0) throw_errno("rename to " + final_, tmp_);
-    committed_ = true;
-    const auto dir = std::filesystem::path(final_).parent_path();
-    UniqueFd d(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (d) ::fsync(d.get());  // make the rename durable; failure here loses nothing already written
-  }
-
- private:
-  std::string final_, tmp_;
-  UniqueFd fd_;
-  bool committed_ = false;
-};
-
 bool excluded(const std::vector<std::string> &globs, const std::string &rel, const std::string &name) {
   return std::any_of(globs.begin(), globs.end(), [&](const std::string &g) {
     return ::fnmatch(g.c_str(), rel.c_str(), FNM_PATHNAME) == 0 || ::fnmatch(g.c_str(), name.c_str(), 0) == 0;
@@ -278,26 +247,33 @@ class FilterPlan {
   }
 
  private:
-  // The filter and phase for a chunk from the tensor covering most of it (at least half).
+  // The filter and phase for a chunk: the (filter, phase) pair whose tensors cover most of it, at
+  // least half. Summing over tensors matters: a chunk is often many small tensors of one dtype
+  // (norms, biases, small projections), and 2-byte tensors in safetensors usually share a phase.
   [[nodiscard]] std::optional<FilterTry> target(std::uint64_t chunk_begin, std::size_t len) const {
-    const TensorRange *best = nullptr;
-    std::uint64_t best_overlap = 0;
+    std::array<std::array<std::uint64_t, 4>, 4> cover{};  // [filter][phase] -> bytes of the chunk
     const std::uint64_t chunk_end = chunk_begin + len;
     auto it = std::upper_bound(ranges_.begin(), ranges_.end(), chunk_begin,
                                [](std::uint64_t v, const TensorRange &r) { return v < r.begin; });
     if (it != ranges_.begin()) --it;
     for (; it != ranges_.end() && it->begin < chunk_end; ++it) {
       const std::uint64_t lo = std::max(it->begin, chunk_begin), hi = std::min(it->end, chunk_end);
-      if (hi > lo && hi - lo > best_overlap) best_overlap = hi - lo, best = &*it;
+      if (hi <= lo) continue;
+      const auto f = filter_for_dtype(it->dtype);
+      if (!f) continue;
+      // The phase aligns the planes with the tensor's elements.
+      const unsigned w = filter_width(*f);
+      const unsigned phase = it->begin >= chunk_begin ? static_cast<unsigned>((it->begin - chunk_begin) % w)
+                                                      : static_cast<unsigned>((w - (chunk_begin - it->begin) % w) % w);
+      cover[static_cast<unsigned>(*f)][phase] += hi - lo;
     }
-    if (!best || best_overlap * 2 < len) return std::nullopt;
-    const auto f = filter_for_dtype(best->dtype);
-    if (!f) return std::nullopt;
-    // The phase aligns the planes with the tensor's elements.
-    const unsigned w = filter_width(*f);
-    const unsigned phase = best->begin >= chunk_begin ? static_cast<unsigned>((best->begin - chunk_begin) % w)
-                                                      : static_cast<unsigned>((w - (chunk_begin - best->begin) % w) % w);
-    return FilterTry{*f, phase};
+    std::optional<FilterTry> best;
+    std::uint64_t best_cover = 0;
+    for (unsigned f = 1; f < 4; ++f)
+      for (unsigned phase = 0; phase < 4; ++phase)
+        if (cover[f][phase] > best_cover) best_cover = cover[f][phase], best = FilterTry{format::Filter(f), phase};
+    if (best_cover * 2 < len) return std::nullopt;
+    return best;
   }
 
   static constexpr unsigned kTrialChunks = 4, kSampleChunks = 2;
@@ -348,6 +324,7 @@ class Packer {
     nodes_ = Walker(opts_).walk();
     for (const auto &n : nodes_)
       if (S_ISREG(n.st.st_mode)) progress_.bytes_total += static_cast<std::uint64_t>(n.st.st_size), ++progress_.files_total;
+    analyse_model_formats();
 
     TempOutput out(opts_.output);
     fd_ = out.fd();
@@ -381,6 +358,33 @@ class Packer {
 
  private:
   std::string out_name() const { return opts_.output; }
+  // Recognises model formats in the walked tree (model_formats.hpp) before any data is written, so
+  // that --strict fails fast; the result goes into the manifest's "formats".
+  void analyse_model_formats() {
+    std::vector<TreeEntry> entries;
+    entries.reserve(nodes_.size());
+    for (const auto &n : nodes_) {
+      TreeEntry e;
+      e.path = n.rel;
+      e.source = n.rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + n.rel;
+      e.type = S_ISDIR(n.st.st_mode)   ? TreeEntry::Type::kDirectory
+               : S_ISLNK(n.st.st_mode) ? TreeEntry::Type::kSymlink
+                                       : TreeEntry::Type::kFile;
+      e.size = S_ISREG(n.st.st_mode) ? static_cast<std::uint64_t>(n.st.st_size) : 0;
+      e.link_target = n.link_target;
+      entries.push_back(std::move(e));
+    }
+    auto a = analyse_formats(entries, opts_.cancel);
+    if (opts_.warn) {
+      for (const auto &p : a.problems) opts_.warn(p);
+      for (const auto &p : a.notes) opts_.warn(p);
+    }
+    if (opts_.strict && !a.problems.empty())
+      throw UsageError(fmt::format("--strict: {} model format problem{} found, the first: {}", a.problems.size(),
+                                   a.problems.size() == 1 ? "" : "s", a.problems.front()));
+    formats_json_ = std::move(a.formats);
+  }
+
   void check_cancel() const {
     if (opts_.cancel && opts_.cancel->load()) throw Interrupted();
   }
@@ -593,6 +597,7 @@ class Packer {
     for (const auto &d : opts_.dependencies) deps.push_back({{"name", d.name}, {"range", d.range}});
     m["dependencies"] = std::move(deps);
     m["chunk_size"] = chunk_size_;
+    m["formats"] = formats_json_;
     m["files"] = files_json_;
     const std::string text = m.dump(1);
     if (text.size() > format::kMaxManifestSize) throw UsageError("manifest would exceed 64 MiB: too many files");
@@ -608,6 +613,7 @@ class Packer {
   std::vector<format::ChunkEntry> chunks_;
   std::unordered_map<Digest, format::ChunkEntry, DigestHash> dedup_;  // digest of stored bytes -> first entry
   nlohmann::ordered_json files_json_ = nlohmann::ordered_json::object();
+  nlohmann::ordered_json formats_json_ = nlohmann::ordered_json::object();
   std::array<std::uint8_t, format::kHeaderSize> header_bytes_{};
   int fd_ = -1;
   std::uint64_t pos_ = 0;

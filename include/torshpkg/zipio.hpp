@@ -1,0 +1,42 @@
+// Zip archives in and out: torch.save files and torch.package archives are zips, and so are many
+// model exchange formats. Import reads with libzip; export writes either a general zip (libzip,
+// deflate for small files) or PyTorch's own layout (every record stored, data 64-byte aligned).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace torshpkg {
+
+class Reader;
+
+// True when the file starts like a zip archive ("PK\3\4", or "PK\5\6" for an empty one).
+[[nodiscard]] bool looks_like_zip(const std::string &path);
+
+using ByteProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+struct ZipImportResult {
+  std::uint64_t files = 0, directories = 0, bytes = 0;
+};
+
+// Extracts every entry of `zip_path` into `dest`, which must be an existing, empty directory.
+// Entry names are untrusted: an absolute name, an empty, "." or ".." component, a backslash, a
+// duplicate, or a file and a directory of the same name aborts with FormatError naming the entry,
+// before anything is written. Unix permission bits and mtimes recorded in the zip are kept.
+ZipImportResult extract_zip(const std::string &zip_path, const std::string &dest, const ByteProgress &progress = {});
+
+enum class ZipLayout {
+  kZip,    // general zip: small or text files deflated, weights stored
+  kTorch,  // PyTorch's writer: every record stored, data 64-byte aligned, no directory entries
+};
+
+struct ZipExportResult {
+  std::uint64_t entries = 0, bytes = 0;
+};
+
+// Writes every file of the package (and, for kZip, its directories and symlinks) to `output`
+// through a temporary file and a rename. Paths inside the zip are the package paths.
+ZipExportResult export_zip(Reader &reader, const std::string &output, ZipLayout layout,
+                           const ByteProgress &progress = {});
+
+}  // namespace torshpkg
