@@ -2,12 +2,19 @@
 """Generate a realistic, deterministic Hugging Face-style model directory for tests and benchmarks.
 
     gen-model.py OUTDIR [--weights-size 1G] [--shards 1] [--dtype bf16|fp16|fp32]
-                        [--small-files 100] [--seed 0]
+                        [--shape normal|heavy|quantized] [--small-files 100] [--seed 0]
 
 Writes config.json, generation_config.json, tokenizer files, a few .py files, the weights as
 safetensors (one file, or N shards plus model.safetensors.index.json) with transformer-shaped
-tensors of normally distributed values, and N small files under extra/dir_XX/. The same seed
-gives byte-identical files. Needs python3 and numpy only.
+tensors, and N small files under extra/dir_XX/. The same seed gives byte-identical files.
+Needs python3 and numpy only.
+
+--shape picks the distribution of the weight matrices (norm weights stay normal around 1.0):
+  normal     normally distributed with a per-tensor standard deviation (the default)
+  heavy      Student-t with 3 degrees of freedom, rescaled to the same standard deviation: the
+             heavier tails (outliers) of trained weights
+  quantized  normal values quantised to int8 with one absmax scale per block of 128 elements and
+             dequantised back into the dtype, like a checkpoint that went through quantisation
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ except ImportError:  # e.g. a pyenv python3 first on PATH without numpy: fall ba
 
 DTYPES = {"bf16": ("BF16", 2), "fp16": ("F16", 2), "fp32": ("F32", 4)}
 BLOCK_ELEMS = 1 << 22  # values generated per block (16 MiB of float32 scratch)
+SHAPES = ("normal", "heavy", "quantized")
+HEAVY_DF = 3  # Student-t degrees of freedom of --shape heavy
+QUANT_BLOCK = 128  # elements per absmax scale of --shape quantized; divides BLOCK_ELEMS, so blocks
+                   # start at the same place in a tensor whichever generation block they fall in
 
 
 def parse_size(s: str) -> int:
@@ -120,14 +131,47 @@ def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     return u.astype(np.uint16)
 
 
-def gen_block(seed: int, tindex: int, bindex: int, n: int, scale, dtype: str) -> bytes:
+def student_t(rng: np.random.Generator, n: int, df: int) -> np.ndarray:
+    """Student-t values with unit variance, in float32: z / sqrt(chi2/df) rescaled by sqrt((df-2)/df).
+    chi2(df) = 2 * Gamma(df/2); float32 normal and gamma draws are about twice as fast as
+    Generator.standard_t (float64 only)."""
+    z = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_gamma(df / 2, n, dtype=np.float32)
+    np.maximum(g, np.float32(1e-30), out=g)  # a zero draw would give inf
+    g *= np.float32(2 / (df - 2))  # chi2/(df-2) = (chi2/df) * (df/(df-2)): t / sd(t) in one divide
+    np.sqrt(g, out=g)
+    z /= g
+    return z
+
+
+def quantize_dequantize(x: np.ndarray, block: int) -> np.ndarray:
+    """int8 absmax quantisation per block of `block` consecutive elements, then back to float32:
+    each block holds at most 255 distinct values, multiples of its own scale."""
+    n = x.size
+    pad = (-n) % block  # only the last block of a tensor can be short
+    v = np.concatenate([x, np.zeros(pad, np.float32)]) if pad else x
+    v = v.reshape(-1, block)
+    s = np.abs(v).max(axis=1, keepdims=True) / np.float32(127)
+    s[s == 0] = 1
+    q = np.rint(v / s)
+    np.clip(q, -127, 127, out=q)
+    q *= s
+    return q.reshape(-1)[:n]
+
+
+def gen_block(seed: int, tindex: int, bindex: int, n: int, scale, dtype: str, shape: str = "normal") -> bytes:
     rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, tindex, bindex])))
-    x = rng.standard_normal(n, dtype=np.float32)
-    if scale == "norm":  # RMSNorm weights: around 1.0
+    if scale == "norm" or shape != "heavy":
+        x = rng.standard_normal(n, dtype=np.float32)
+    else:
+        x = student_t(rng, n, HEAVY_DF)
+    if scale == "norm":  # RMSNorm weights: around 1.0, whatever the shape (they are rarely quantised)
         x *= np.float32(0.05)
         x += np.float32(1.0)
     else:
         x *= np.float32(scale)
+        if shape == "quantized":
+            x = quantize_dequantize(x, QUANT_BLOCK)
     y = to_dtype(x, dtype)
     return y.astype(y.dtype.newbyteorder("<"), copy=False).tobytes()
 
@@ -160,7 +204,8 @@ def write_safetensors(path: str, entries, args, pool: ThreadPoolExecutor) -> int
         pending = []
         it = iter(jobs)
         for job in it:
-            pending.append(pool.submit(gen_block, args.seed, job[0], job[1], job[2], job[3], args.dtype))
+            pending.append(pool.submit(gen_block, args.seed, job[0], job[1], job[2], job[3], args.dtype,
+                                       args.shape))
             if len(pending) >= window:
                 f.write(pending.pop(0).result())
         for fut in pending:
@@ -349,6 +394,8 @@ def main() -> int:
                     help="total size of the weights, e.g. 1G, 64M (default 1G; the smallest model is about 150K)")
     ap.add_argument("--shards", type=int, default=1, help="number of safetensors shards (default 1)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--shape", choices=SHAPES, default="normal",
+                    help="distribution of the weight values (default normal; see above)")
     ap.add_argument("--small-files", type=int, default=100, help="small files under extra/ (default 100)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help=argparse.SUPPRESS)
@@ -388,7 +435,8 @@ def main() -> int:
     write_aux_files(out, cfg, args)
     write_small_files(out, args.small_files, args.seed)
     params = total // elem
-    print(f"{out}: {len(entries)} tensors, {params} parameters ({args.dtype}), {total} bytes of weights "
+    shape = "" if args.shape == "normal" else f", {args.shape}"
+    print(f"{out}: {len(entries)} tensors, {params} parameters ({args.dtype}{shape}), {total} bytes of weights "
           f"in {n} file(s), {args.small_files} small files")
     return 0
 
