@@ -158,4 +158,14 @@ bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
 }
 
+torshpkg::PackOptions pack_options(const fs::path &src, const fs::path &out) {
+  torshpkg::PackOptions o;
+  o.source_dir = src.string();
+  o.output = out.string();
+  o.name = "pkg";
+  o.chunk_shift = 16;
+  o.threads = 2;
+  return o;
+}
+
 }  // namespace th

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "torshpkg/writer.hpp"
+
 namespace th {
 
 namespace fs = std::filesystem;
@@ -50,5 +52,8 @@ const char *outcome_name(Outcome o) noexcept;
 Outcome isolated(const std::function<void()> &fn);
 
 bool contains(std::string_view haystack, std::string_view needle);
+
+// Pack options the unit tests share: name "pkg", 64 KiB chunks, 2 threads.
+torshpkg::PackOptions pack_options(const fs::path &src, const fs::path &out);
 
 }  // namespace th

@@ -221,15 +221,7 @@ struct ZipOut {
   }
 };
 
-PackOptions pack_opts(const fs::path &src, const fs::path &out) {
-  PackOptions o;
-  o.source_dir = src.string();
-  o.output = out.string();
-  o.name = "pkg";
-  o.chunk_shift = 16;
-  o.threads = 2;
-  return o;
-}
+PackOptions pack_opts(const fs::path &src, const fs::path &out) { return th::pack_options(src, out); }
 
 }  // namespace
 

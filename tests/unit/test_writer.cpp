@@ -19,15 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-PackOptions opts(const fs::path &src, const fs::path &out) {
-  PackOptions o;
-  o.source_dir = src.string();
-  o.output = out.string();
-  o.name = "pkg";
-  o.chunk_shift = 16;
-  o.threads = 2;
-  return o;
-}
+PackOptions opts(const fs::path &src, const fs::path &out) { return th::pack_options(src, out); }
 
 void small_tree(const fs::path &src) {
   fs::create_directories(src / "sub");
