@@ -91,9 +91,14 @@ class PrivateKey {
 // Asks twice on the terminal (no echo); throws UsageError when stdin is not a terminal or the two differ.
 [[nodiscard]] std::string prompt_new_passphrase(const std::string &what);
 
+inline constexpr std::string_view kDefaultTrustDir = "/etc/torshpkg/trusted.d";
+
 // Public keys a verifier accepts: files given one by one, or every *.pub in a directory.
 class TrustStore {
  public:
+  // The keys named by files and directories, or, when none is named, those of the default trust
+  // directory (kDefaultTrustDir): the rule the driver and the CLI share.
+  static TrustStore from(const std::vector<std::string> &pubkeys, const std::vector<std::string> &dirs);
   void add(PublicKey key);
   void add_file(const std::string &path);
   // Refuses a directory or key file that others may write (like sshd's StrictModes): whoever can
@@ -106,7 +111,6 @@ class TrustStore {
   std::vector<PublicKey> keys_;
 };
 
-inline constexpr std::string_view kDefaultTrustDir = "/etc/torshpkg/trusted.d";
 
 struct SignatureCheck {
   enum class State { kValid, kInvalid, kUntrusted };  // kUntrusted: the key is not in the store

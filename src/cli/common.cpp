@@ -62,11 +62,7 @@ void add_trust_options(CLI::App *cmd, TrustArgs &args) {
 }
 
 TrustStore load_trust(const TrustArgs &args) {
-  TrustStore trust;
-  for (const auto &p : args.pubkeys) trust.add_file(p);
-  for (const auto &d : args.dirs) trust.add_dir(d);
-  if (!args.explicit_trust()) trust.add_dir(std::string(kDefaultTrustDir));
-  return trust;
+  return TrustStore::from(args.pubkeys, args.dirs);
 }
 
 std::string_view signature_state_name(SignatureCheck::State s) noexcept {

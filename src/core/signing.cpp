@@ -270,6 +270,14 @@ void TrustStore::add(PublicKey key) {
   if (!find(key.id())) keys_.push_back(std::move(key));
 }
 
+TrustStore TrustStore::from(const std::vector<std::string> &pubkeys, const std::vector<std::string> &dirs) {
+  TrustStore trust;
+  for (const auto &p : pubkeys) trust.add_file(p);
+  for (const auto &d : dirs) trust.add_dir(d);
+  if (pubkeys.empty() && dirs.empty()) trust.add_dir(std::string(kDefaultTrustDir));
+  return trust;
+}
+
 void TrustStore::add_file(const std::string &path) { add(PublicKey::load(path)); }
 
 void TrustStore::add_dir(const std::string &dir) {

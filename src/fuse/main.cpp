@@ -35,10 +35,7 @@ int serve(const Options &opts) {
   // Validates header, footer, root digest and the whole index, then the signatures over the root:
   // the cost depends on the index size only, never on the amount of data.
   auto pkg = Package::open(opts.package, opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify);
-  TrustStore trust;
-  for (const auto &k : opts.pubkeys) trust.add_file(k);
-  for (const auto &d : opts.trust_dirs) trust.add_dir(d);
-  if (opts.pubkeys.empty() && opts.trust_dirs.empty()) trust.add_dir(std::string(kDefaultTrustDir));
+  const auto trust = TrustStore::from(opts.pubkeys, opts.trust_dirs);
   const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
   if (!decision.trusted)
     fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", opts.package,
