@@ -19,6 +19,8 @@ namespace torshpkg {
 
 // Whether load_chunk checks each chunk's SHA-256. kSkipForBenchmark exists only to measure what
 // lazy verification costs (mount.torshpkg -o unsafe_skip_chunk_digests); nothing else may use it.
+class ZipChunkSource;  // zip_package.cpp
+
 enum class ChunkDigests { kVerify, kSkipForBenchmark };
 
 class Package {
@@ -27,6 +29,12 @@ class Package {
   static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify);
   // Validates an in-memory image of a whole package (tests, fuzzing); `fd` is unused then.
   static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
+  // Presents a zip archive (torch.save, torch.package, any zip of stored or deflated entries) as a
+  // package, without unpacking it: the tree and chunk table are built in memory from the central
+  // directory, stored entries are read in place, deflated ones are inflated on demand (zip_package.cpp).
+  // Such a package has no signature, no root digest and no chunk digests: only the zip's CRC-32s.
+  // Throws FormatError for a malformed archive, a refused name or an unsupported method.
+  static std::shared_ptr<const Package> open_zip(const std::string &path);
 
   [[nodiscard]] const std::string &path() const noexcept { return path_; }
   [[nodiscard]] const format::Header &header() const noexcept { return header_; }
@@ -38,6 +46,8 @@ class Package {
   [[nodiscard]] const Digest &root_digest() const noexcept { return footer_.root_digest; }
   // End of the manifest: where the signature block (or the footer) starts.
   [[nodiscard]] std::uint64_t manifest_end() const noexcept { return footer_.index_offset + index_.size(); }
+  // True for a package made by open_zip.
+  [[nodiscard]] bool is_zip() const noexcept { return zip_ != nullptr; }
   // Parsed at open (FormatError if malformed); checking them is signing.hpp's job.
   [[nodiscard]] const std::vector<SignatureEntry> &signatures() const noexcept { return signatures_; }
 
@@ -57,7 +67,8 @@ class Package {
   // Sum of stored bytes of a regular file's chunks.
   [[nodiscard]] std::uint64_t stored_size(std::uint32_t ino) const noexcept;
 
-  // Reads the stored bytes of chunk `index`, checks their SHA-256 and decodes them into `out`
+  // Reads the stored bytes of chunk `index`, checks their SHA-256 (a zip entry: its CRC-32, see
+  // open_zip) and decodes them into `out`
   // (out.size() must be the chunk's decoded size). `scratch` is reused between calls.
   void load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const;
 
@@ -76,6 +87,7 @@ class Package {
   // Reserved bytes must be zero unless a later minor version (which may use them) wrote the package.
   [[nodiscard]] bool strict_reserved() const noexcept { return header_.version_minor <= format::kVersionMinor; }
   void read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const;
+  void load_zip_chunk(std::uint64_t index, std::span<std::uint8_t> out) const;  // zip_package.cpp
 
   std::string path_;
   UniqueFd fd_;
@@ -87,6 +99,7 @@ class Package {
   std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
   std::vector<SignatureEntry> signatures_;
   ChunkDigests digests_ = ChunkDigests::kVerify;
+  std::shared_ptr<ZipChunkSource> zip_;  // set by open_zip: chunks come from zip entries
 };
 
 }  // namespace torshpkg

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <utility>
 
 namespace torshpkg {
 
@@ -12,6 +14,11 @@ class Reader;
 
 // True when the file starts like a zip archive ("PK\3\4", or "PK\5\6" for an empty one).
 [[nodiscard]] bool looks_like_zip(const std::string &path);
+
+// Checks an entry name from an untrusted archive and returns it without a trailing '/', with whether
+// it names a directory. An absolute name, an empty, "." or ".." component, a backslash or a
+// component the package format cannot hold throws FormatError naming the entry and `zip_path`.
+[[nodiscard]] std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path, std::string_view name);
 
 using ByteProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 

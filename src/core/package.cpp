@@ -3,10 +3,10 @@
 #include <sys/stat.h>
 #include <zstd.h>
 
-#include <algorithm>
-#include <unordered_map>
 #include <fmt/format.h>
 #include <simdjson.h>
+#include <algorithm>
+#include <unordered_map>
 
 #include "torshpkg/codec.hpp"
 #include "torshpkg/endian.hpp"
@@ -42,8 +42,8 @@ Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
   if (f.inode_count > format::kMaxInodes) throw FormatError("too many inodes");
   if (f.chunk_count > (1ull << 32)) throw FormatError("too many chunks");
   if (f.manifest_size > format::kMaxManifestSize)
-    throw FormatError(fmt::format("manifest of {} bytes exceeds the {} byte limit", f.manifest_size,
-                                  format::kMaxManifestSize));
+    throw FormatError(
+        fmt::format("manifest of {} bytes exceeds the {} byte limit", f.manifest_size, format::kMaxManifestSize));
   if (f.strings_size > (1ull << 32)) throw FormatError("string table too large");
   Layout l;
   l.chunks_bytes = checked_mul(f.chunk_count, format::kChunkEntrySize, "chunk table size");
@@ -56,8 +56,8 @@ Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
   if (f.signature_offset != 0 || f.signature_size != 0) {
     if (f.signature_offset != manifest_end) throw FormatError("signature block is not right after the manifest");
     if (f.signature_size > sigblock::kMaxSize)
-      throw FormatError(fmt::format("signature block of {} bytes exceeds the {} byte limit", f.signature_size,
-                                    sigblock::kMaxSize));
+      throw FormatError(
+          fmt::format("signature block of {} bytes exceeds the {} byte limit", f.signature_size, sigblock::kMaxSize));
     expected_footer = checked_add(manifest_end, f.signature_size, "signature end");
     l.signature_size = f.signature_size;
   }
@@ -133,8 +133,7 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
   root.update(head.first<format::kHeaderSize>());
   root.update(tail.first<format::kFooterRootedSize>());
   root.update(index_);
-  if (root.finish() != footer_.root_digest)
-    throw IntegrityError("index or manifest is damaged (root digest mismatch)");
+  if (root.finish() != footer_.root_digest) throw IntegrityError("index or manifest is damaged (root digest mismatch)");
   validate_chunks();
   validate_inodes();
   validate_manifest();
@@ -169,7 +168,8 @@ void Package::validate_chunks() const {
     if (c.filter != format::Filter::kNone) {
       if (static_cast<unsigned>(c.filter) > static_cast<unsigned>(format::Filter::kFp32))
         throw bad(fmt::format("unknown filter id {}", static_cast<unsigned>(c.filter)));
-      if (!(header_.incompat_flags & format::incompat::kFilters)) throw bad("uses a filter the header does not declare");
+      if (!(header_.incompat_flags & format::incompat::kFilters))
+        throw bad("uses a filter the header does not declare");
       if (c.codec != format::Codec::kZstd) throw bad("a filter needs the zstd codec");
     }
     if (c.decoded_size == 0 || c.decoded_size > cs) throw bad("decoded size outside 1..chunk size");
@@ -204,7 +204,8 @@ void Package::validate_inodes() const {
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("inode {}: {}", i, why)); };
     const auto *raw = &index_[inodes_at_ + i * format::kInodeEntrySize];
     if (e.flags != 0) throw bad("unknown flags");
-    if (strict_reserved() && (e.reserved != 0 || raw[30] != 0 || raw[31] != 0)) throw bad("reserved fields are not zero");
+    if (strict_reserved() && (e.reserved != 0 || raw[30] != 0 || raw[31] != 0))
+      throw bad("reserved fields are not zero");
     if ((e.mode & ~static_cast<std::uint32_t>(S_IFMT | 0777)) != 0) throw bad("mode has bits other than type and 0777");
     if (static_cast<unsigned>(e.kind) > static_cast<unsigned>(format::FileKind::kData)) throw bad("unknown kind");
     if (e.mtime_nsec >= 1'000'000'000u) throw bad("mtime nanoseconds out of range");
@@ -275,8 +276,9 @@ void Package::validate_inodes() const {
 }
 
 format::InodeEntry Package::inode(std::uint32_t ino) const noexcept {
-  return format::decode_inode(
-      std::span(index_).subspan(inodes_at_ + std::size_t{ino} * format::kInodeEntrySize).first<format::kInodeEntrySize>());
+  return format::decode_inode(std::span(index_)
+                                  .subspan(inodes_at_ + std::size_t{ino} * format::kInodeEntrySize)
+                                  .first<format::kInodeEntrySize>());
 }
 
 format::ChunkEntry Package::chunk(std::uint64_t index) const noexcept {
@@ -301,7 +303,8 @@ std::string_view Package::symlink_target(std::uint32_t ino) const noexcept {
 }
 
 std::string_view Package::manifest_text() const noexcept {
-  return {reinterpret_cast<const char *>(index_.data() + manifest_at_), static_cast<std::size_t>(footer_.manifest_size)};
+  return {reinterpret_cast<const char *>(index_.data() + manifest_at_),
+          static_cast<std::size_t>(footer_.manifest_size)};
 }
 
 std::optional<std::uint32_t> Package::lookup(std::uint32_t dir, std::string_view want) const {
@@ -369,6 +372,7 @@ void Package::read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> o
 void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const {
   const auto c = chunk(index);
   if (out.size() != c.decoded_size) throw Error("load_chunk: output size differs from decoded size");
+  if (zip_) return load_zip_chunk(index, out);
   // Stored chunks are read straight into the output; others through scratch.
   std::span<std::uint8_t> stored = out;
   if (c.codec != format::Codec::kStored) {
@@ -376,7 +380,8 @@ void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::
     stored = scratch;
   }
   read_stored(c, stored);
-  if (digests_ == ChunkDigests::kVerify && sha256(stored) != c.digest) throw IntegrityError(fmt::format("chunk {} fails its SHA-256 digest", index));
+  if (digests_ == ChunkDigests::kVerify && sha256(stored) != c.digest)
+    throw IntegrityError(fmt::format("chunk {} fails its SHA-256 digest", index));
   thread_local ChunkDecoder decoder;  // one zstd context per thread, reused across packages
   if (c.codec != format::Codec::kStored) decoder.decode(c.codec, c.filter, stored, out);
 }

@@ -6,21 +6,21 @@
 #include <zip.h>
 #include <zlib.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <fmt/format.h>
 #include <map>
 #include <memory>
 #include <set>
 #include <vector>
 
+#include "libzip.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/reader.hpp"
-#include "libzip.hpp"
 
 namespace torshpkg {
 
@@ -42,9 +42,9 @@ struct PlannedEntry {
   std::uint64_t size = 0;
 };
 
-// Splits and checks an entry name; returns the path without a trailing '/', and whether it names
-// a directory. Throws FormatError naming the entry.
-std::pair<std::string, bool> checked_entry_path(const std::string &zip_path, std::string_view name) {
+}  // namespace
+
+std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path, std::string_view name) {
   auto bad = [&](const std::string &why) {
     return FormatError(fmt::format("{}: entry '{}' {}; refusing the archive", zip_path, name, why));
   };
@@ -64,6 +64,8 @@ std::pair<std::string, bool> checked_entry_path(const std::string &zip_path, std
   return {std::string(name), dir};
 }
 
+namespace {
+
 std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
   const zip_int64_t n = zip_get_num_entries(za, 0);
   if (n < 0) throw FormatError(zip_path + ": cannot count the archive's entries");
@@ -73,8 +75,8 @@ std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
     const auto [it, fresh] = seen.emplace(path, t);
     // A directory may be named again (explicitly, or as the parent of other entries); nothing else.
     if (fresh || (it->second == PlannedEntry::Type::kDirectory && t == PlannedEntry::Type::kDirectory)) return;
-    throw FormatError(fmt::format("{}: entry '{}' appears twice (or as both a file and a directory); refusing the archive",
-                                  zip_path, path));
+    throw FormatError(fmt::format(
+        "{}: entry '{}' appears twice (or as both a file and a directory); refusing the archive", zip_path, path));
   };
   for (zip_int64_t i = 0; i < n; ++i) {
     zip_stat_t st;
@@ -83,7 +85,7 @@ std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
       throw FormatError(fmt::format("{}: entry {}: {}", zip_path, i, zip_strerror(za)));
     if ((st.valid & ZIP_STAT_ENCRYPTION_METHOD) && st.encryption_method != ZIP_EM_NONE)
       throw FormatError(fmt::format("{}: entry '{}' is encrypted; not supported", zip_path, st.name));
-    auto [path, is_dir] = checked_entry_path(zip_path, st.name);
+    auto [path, is_dir] = checked_zip_entry_path(zip_path, st.name);
     PlannedEntry e;
     e.index = static_cast<zip_uint64_t>(i);
     e.path = path;
@@ -177,7 +179,8 @@ class TorchZipWriter {
 
   void end() {
     auto &r = records_.back();
-    if (r.written != r.size) throw Error(fmt::format("{}: record {} has {} bytes, expected {}", name_, r.path, r.written, r.size));
+    if (r.written != r.size)
+      throw Error(fmt::format("{}: record {} has {} bytes, expected {}", name_, r.path, r.written, r.size));
     std::array<std::uint8_t, 4> crc{};
     store_le<std::uint32_t>(crc.data(), static_cast<std::uint32_t>(r.crc));
     if (::pwrite(fd_, crc.data(), crc.size(), static_cast<off_t>(r.header_at + 14)) != 4) throw_errno("write", name_);
@@ -256,10 +259,15 @@ class TorchZipWriter {
     bool zip64 = false;
   };
   static void put16(std::vector<std::uint8_t> &v, std::uint16_t x) { v.push_back(x & 0xff), v.push_back(x >> 8); }
-  static void put32(std::vector<std::uint8_t> &v, std::uint32_t x) { put16(v, x & 0xffff), put16(v, static_cast<std::uint16_t>(x >> 16)); }
-  static void put64(std::vector<std::uint8_t> &v, std::uint64_t x) { put32(v, x & 0xffffffff), put32(v, static_cast<std::uint32_t>(x >> 32)); }
+  static void put32(std::vector<std::uint8_t> &v, std::uint32_t x) {
+    put16(v, x & 0xffff), put16(v, static_cast<std::uint16_t>(x >> 16));
+  }
+  static void put64(std::vector<std::uint8_t> &v, std::uint64_t x) {
+    put32(v, x & 0xffffffff), put32(v, static_cast<std::uint32_t>(x >> 32));
+  }
   static std::uint16_t flags(const std::string &path) {
-    const bool ascii = std::all_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+    const bool ascii =
+        std::all_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
     return ascii ? 0 : 0x0800;  // bit 11: the name is UTF-8
   }
   static std::uint32_t dos_time(time_t t) {
@@ -386,7 +394,8 @@ ZipImportResult extract_zip(const std::string &zip_path, const std::string &dest
       if (n < 0) throw IntegrityError(fmt::format("{}: entry '{}': {}", zip_path, e.path, zip_file_strerror(zf.get())));
       if (n == 0) break;
       got += static_cast<std::uint64_t>(n);
-      if (got > e.size) throw FormatError(fmt::format("{}: entry '{}' holds more than its {} bytes", zip_path, e.path, e.size));
+      if (got > e.size)
+        throw FormatError(fmt::format("{}: entry '{}' holds more than its {} bytes", zip_path, e.path, e.size));
       const auto chunk = std::span(buf).first(static_cast<std::size_t>(n));
       if (fd) {
         write_all(fd.get(), chunk, full);
@@ -396,9 +405,12 @@ ZipImportResult extract_zip(const std::string &zip_path, const std::string &dest
         link_target.append(chunk.begin(), chunk.end());
       }
     }
-    if (got != e.size) throw FormatError(fmt::format("{}: entry '{}' holds {} bytes, its header says {}", zip_path, e.path, got, e.size));
+    if (got != e.size)
+      throw FormatError(
+          fmt::format("{}: entry '{}' holds {} bytes, its header says {}", zip_path, e.path, got, e.size));
     if (e.type == PlannedEntry::Type::kSymlink) {
-      if (const auto why = symlink_problem(link_target)) throw FormatError(fmt::format("{}: symlink '{}': {}", zip_path, e.path, *why));
+      if (const auto why = symlink_problem(link_target))
+        throw FormatError(fmt::format("{}: symlink '{}': {}", zip_path, e.path, *why));
       if (::symlink(link_target.c_str(), full.c_str()) != 0) throw_errno("create symlink", full);
     } else {
       ++r.files;
@@ -426,7 +438,8 @@ ZipExportResult export_zip(Reader &reader, const std::string &output, ZipLayout 
       const auto e = pkg.inode(i);
       w.begin(pkg.path_of(i), e.size, static_cast<time_t>(e.mtime_sec), e.mode & 0777);
       for (std::uint64_t off = 0; off < e.size;) {
-        const auto n = reader.read(i, off, std::span(buf).first(static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), e.size - off))));
+        const auto n = reader.read(
+            i, off, std::span(buf).first(static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), e.size - off))));
         if (n == 0) throw FormatError(fmt::format("{}: {} ends early", pkg.path(), pkg.path_of(i)));
         w.append(std::span(buf).first(n));
         off += n;
@@ -472,7 +485,9 @@ ZipExportResult export_zip(Reader &reader, const std::string &output, ZipLayout 
         if (src && (idx = zip_file_add(za.get(), path.c_str(), src, ZIP_FL_ENC_UTF_8)) < 0) zip_source_free(src);
         // Float weights barely deflate and take long doing it: store them; deflate the rest.
         const bool weights = e.kind == format::FileKind::kWeights || e.size >= (64u << 20);
-        if (idx >= 0) zip_set_file_compression(za.get(), static_cast<zip_uint64_t>(idx), weights ? ZIP_CM_STORE : ZIP_CM_DEFLATE, 0);
+        if (idx >= 0)
+          zip_set_file_compression(za.get(), static_cast<zip_uint64_t>(idx), weights ? ZIP_CM_STORE : ZIP_CM_DEFLATE,
+                                   0);
         sources.push_back(std::move(s));
         ++r.entries;
         break;
@@ -481,7 +496,8 @@ ZipExportResult export_zip(Reader &reader, const std::string &output, ZipLayout 
     if (idx < 0) throw Error(fmt::format("{}: cannot add {}: {}", output, path, zip_strerror(za.get())));
     const auto uidx = static_cast<zip_uint64_t>(idx);
     zip_file_set_mtime(za.get(), uidx, static_cast<time_t>(e.mtime_sec), 0);
-    zip_file_set_external_attributes(za.get(), uidx, 0, ZIP_OPSYS_UNIX, static_cast<zip_uint32_t>(type | (e.mode & 0777)) << 16);
+    zip_file_set_external_attributes(za.get(), uidx, 0, ZIP_OPSYS_UNIX,
+                                     static_cast<zip_uint32_t>(type | (e.mode & 0777)) << 16);
   }
   struct ProgressState {
     const ByteProgress *fn;

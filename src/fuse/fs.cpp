@@ -6,12 +6,12 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cerrno>
 #include <cstring>
-#include <fmt/format.h>
 #include <new>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "torshpkg/errors.hpp"
 
@@ -23,7 +23,9 @@ constexpr double kForever = 365.0 * 24 * 3600;  // content is immutable: cache n
 constexpr std::string_view kMetaDir = ".torshpkg";
 constexpr std::string_view kManifestName = "manifest.json";
 
-Filesystem &fs_of(fuse_req_t req) { return *static_cast<Filesystem *>(fuse_req_userdata(req)); }
+Filesystem &fs_of(fuse_req_t req) {
+  return *static_cast<Filesystem *>(fuse_req_userdata(req));
+}
 
 // The one place where core exceptions become errno replies.
 template <typename F>
@@ -59,13 +61,19 @@ void guarded(fuse_req_t req, F &&body) noexcept {
 }  // namespace
 
 Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts)
-    : pkg_(pkg), reader_(pkg, opts.cache_bytes), opts_(opts), uid_(opts.uid.value_or(::getuid())),
-      gid_(opts.gid.value_or(::getgid())), subdirs_(pkg->inode_count(), 0) {
+    : pkg_(pkg),
+      reader_(pkg, opts.cache_bytes),
+      opts_(opts),
+      uid_(opts.uid.value_or(::getuid())),
+      gid_(opts.gid.value_or(::getgid())),
+      subdirs_(pkg->inode_count(), 0) {
   for (std::uint32_t i = 1; i < pkg_->inode_count(); ++i)
     if (pkg_->type(i) == format::NodeType::kDirectory) ++subdirs_[pkg_->inode(i).parent];
 }
 
-void Filesystem::stop() { reader_.stop_workers(); }
+void Filesystem::stop() {
+  reader_.stop_workers();
+}
 
 void Filesystem::start(fuse_session *se) {
   se_ = se;
@@ -253,8 +261,7 @@ void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
   const auto slices = reader_.slices(i, static_cast<std::uint64_t>(off), size);
   std::vector<iovec> iov;
   iov.reserve(slices.size());
-  for (const auto &s : slices)
-    iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
+  for (const auto &s : slices) iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
   plan_readahead(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
   // The slices hold the chunks alive until the reply has been written.
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
@@ -289,9 +296,12 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   for (auto pos = static_cast<std::uint64_t>(off); pos < 2 + count; ++pos) {
     std::string name;
     fuse_ino_t child;
-    if (pos == 0) name = ".", child = ino;
-    else if (pos == 1) name = "..", child = parent_ino;
-    else if (ino == meta_dir_ino()) name = kManifestName, child = manifest_ino();
+    if (pos == 0)
+      name = ".", child = ino;
+    else if (pos == 1)
+      name = "..", child = parent_ino;
+    else if (ino == meta_dir_ino())
+      name = kManifestName, child = manifest_ino();
     else {
       const auto c = static_cast<std::uint32_t>(first + pos - 2);
       name = pkg_->name(c);
@@ -352,7 +362,11 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
       out.emplace_back("user.torshpkg.version", m.value("version", ""));
     } catch (const nlohmann::json::exception &) {
     }
-    out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
+    // A zip has no root digest: say where the tree comes from instead of printing zeros.
+    if (pkg_->is_zip())
+      out.emplace_back("user.torshpkg.source", "zip");
+    else
+      out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
     return out;
   }
   if (ino == meta_dir_ino() || ino == manifest_ino()) return out;
@@ -361,10 +375,12 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
   const auto e = pkg_->inode(i);
   out.emplace_back("user.torshpkg.kind", std::string(format::kind_name(e.kind)));
   if (const auto sha = file_sha256(i); !sha.empty()) out.emplace_back("user.torshpkg.sha256", sha);
+  if (pkg_->is_zip()) return out;  // its synthesised chunk table says nothing about storage
   out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg_->stored_size(i)));
   bool zstd = false, stored = false;
   const std::uint64_t count = (e.size + pkg_->chunk_size() - 1) / pkg_->chunk_size();
-  for (std::uint64_t k = 0; k < count; ++k) (pkg_->chunk(e.first + k).codec == format::Codec::kZstd ? zstd : stored) = true;
+  for (std::uint64_t k = 0; k < count; ++k)
+    (pkg_->chunk(e.first + k).codec == format::Codec::kZstd ? zstd : stored) = true;
   out.emplace_back("user.torshpkg.codec", zstd && stored ? "zstd+stored" : zstd ? "zstd" : stored ? "stored" : "none");
   return out;
 }

@@ -4,12 +4,13 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <fmt/format.h>
+#include <cstdio>
 
 #include "fs.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/version.hpp"
+#include "torshpkg/zipio.hpp"
 
 namespace torshpkg::mount {
 
@@ -34,14 +35,27 @@ int serve(const Options &opts) {
     throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
   // Validates header, footer, root digest and the whole index, then the signatures over the root:
   // the cost depends on the index size only, never on the amount of data.
-  auto pkg = Package::open(opts.package, opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify);
-  const auto trust = TrustStore::from(opts.pubkeys, opts.trust_dirs);
-  const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
+  // A zip (.pt, torch.package, any .zip) is mounted in place; it cannot carry a signature, so it is
+  // held to the same rule as an unsigned package.
+  const bool zip = looks_like_zip(opts.package);
+  if (zip && !opts.allow_unsigned)
+    throw TrustError(
+        fmt::format("{} is a zip archive, which cannot carry a signature: mount it with -o allow_unsigned, "
+                    "or torshpkg import it into a signed package",
+                    opts.package));
+  auto pkg = zip ? Package::open_zip(opts.package)
+                 : Package::open(opts.package,
+                                 opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify);
+  const auto decision =
+      zip ? TrustDecision{false, "a zip archive (no signature; entries checked by CRC-32)"}
+          : enforce_trust(*pkg, check_signatures(*pkg, TrustStore::from(opts.pubkeys, opts.trust_dirs)),
+                          opts.allow_unsigned);
   if (!decision.trusted)
     fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", opts.package,
                decision.summary);
   if (opts.skip_chunk_digests)
-    fmt::print(stderr, "mount.torshpkg: WARNING: unsafe_skip_chunk_digests: chunks are NOT verified (benchmarks only)\n");
+    fmt::print(stderr,
+               "mount.torshpkg: WARNING: unsafe_skip_chunk_digests: chunks are NOT verified (benchmarks only)\n");
 
   std::vector<std::string> argv_store = {"mount.torshpkg"};
   std::string fuse_opts = "ro,default_permissions,subtype=torshpkg";
@@ -117,8 +131,14 @@ int run(int argc, char **argv) {
     fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
     return kUsage;
   } catch (const TrustError &e) {
-    fmt::print(stderr, "mount.torshpkg: refusing to mount: {} (trust its key with -o trust=DIR or -o pubkey=FILE, "
-                       "or mount anyway with -o allow_unsigned)\n", e.what());
+    const std::string_view why = e.what();
+    if (why.find("allow_unsigned") != std::string_view::npos)
+      fmt::print(stderr, "mount.torshpkg: refusing to mount: {}\n", why);
+    else
+      fmt::print(stderr,
+                 "mount.torshpkg: refusing to mount: {} (trust its key with -o trust=DIR or -o pubkey=FILE, "
+                 "or mount anyway with -o allow_unsigned)\n",
+                 why);
     return kUntrusted;
   } catch (const IntegrityError &e) {
     fmt::print(stderr, "mount.torshpkg: damaged package: {}\n", e.what());
@@ -139,4 +159,6 @@ int run(int argc, char **argv) {
 
 }  // namespace torshpkg::mount
 
-int main(int argc, char **argv) { return torshpkg::mount::run(argc, argv); }
+int main(int argc, char **argv) {
+  return torshpkg::mount::run(argc, argv);
+}

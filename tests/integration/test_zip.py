@@ -4,7 +4,8 @@ symlinks) and refusal of hostile names (path traversal, absolute, duplicates) wi
 behind; `torshpkg export` back to a zip (every path, byte, mode and symlink) and to PyTorch's layout
 (stored, 64-byte aligned); and with the real PyTorch from Debian: torch.save and torch.package
 archives imported, mounted, loaded with PackageImporter from the mount, exported with
---format torch and read by torch.load, outputs compared exactly.
+--format torch and read by torch.load, outputs compared exactly. Direct mounts of zips (mount.torshpkg
+on the .zip/.pt itself): the same trees, damaged entries failing with EIO, hostile archives refused.
 
 Environment: TORSHPKG, MOUNT_TORSHPKG (set by meson). Torch runs under /usr/bin/python3 (Debian's
 python3-torch), in a subprocess.
@@ -19,7 +20,7 @@ import sys
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tpkgtest import Harness, tail  # noqa: E402
+from tpkgtest import MOUNT, Harness, tail  # noqa: E402
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 
@@ -102,6 +103,76 @@ def main():
         j = h.tpkg("inspect", "--json", pkg)
         h.check("the package is named after the zip (plain)", '"name": "plain"' in j.stdout, tail(j.stdout, 200))
 
+        h.section("mount a zip directly: refused unless allow_unsigned, then every entry as it is in the zip")
+        r = h.run([MOUNT, src, mnt])
+        h.check("mounting a zip without -o allow_unsigned: exit 7, says why and what to do",
+                r.returncode == 7 and "zip archive" in r.stderr and "allow_unsigned" in r.stderr,
+                f"exit {r.returncode}: {tail(r.stderr)}")
+        h.check("... and nothing is mounted", not os.path.ismount(mnt))
+        rc, log = h.mount(src, mnt)
+        if h.check("mount.torshpkg plain.zip -o allow_unsigned mounts", rc == 0, tail(log)):
+            for name, (data, _m, mode) in members.items():
+                p = os.path.join(mnt, name)
+                h.check(f"direct: {name}: same bytes", os.path.isfile(p) and open(p, "rb").read() == data)
+                h.check(f"direct: {name}: mode {oct(mode)}", stat.S_IMODE(os.lstat(p).st_mode) == mode,
+                        oct(stat.S_IMODE(os.lstat(p).st_mode)))
+            h.check("direct: the symlink entry is a symlink to run.sh",
+                    os.path.islink(os.path.join(mnt, "tools/link")) and os.readlink(os.path.join(mnt, "tools/link")) == "run.sh")
+            h.check("direct: implied directories exist (deep/a/b)", os.path.isdir(os.path.join(mnt, "deep/a/b")))
+            h.check("direct: the zip's mtime (2024-05-06 07:08:10)",
+                    int(os.stat(os.path.join(mnt, "config.json")).st_mtime) == 1714979290)
+            r = h.run(["getfattr", "-n", "user.torshpkg.source", "--only-values", mnt])
+            h.check("direct: the root says its source is a zip (user.torshpkg.source)", r.stdout.strip() == "zip",
+                    tail(r.stdout + r.stderr))
+            r = h.run(["getfattr", "-n", "user.torshpkg.root_sha256", mnt])
+            h.check("direct: no root digest is claimed for a zip", r.returncode != 0)
+        h.unmount(mnt)
+
+        h.section("direct mount: large deflated and stored entries read in any order; damage is EIO")
+        big_text = b"".join(f"line {i} {rnd.random():.12f}\n".encode() for i in range(260_000))  # ~8 MiB
+        big_raw = rnd.randbytes(5_500_000)
+        lz = os.path.join(T, "large.zip")
+        with zipfile.ZipFile(lz, "w") as z:
+            z.writestr("text.txt", big_text, compress_type=zipfile.ZIP_DEFLATED)
+            z.writestr("raw.bin", big_raw, compress_type=zipfile.ZIP_STORED)
+            z.writestr("small.txt", b"small entry\n" * 10, compress_type=zipfile.ZIP_DEFLATED)
+            z.writestr("small.bin", b"stored small entry\n" * 10, compress_type=zipfile.ZIP_STORED)
+        h.check("the deflated entry spans several 1 MiB chunks", len(big_text) > 5 * 2**20, str(len(big_text)))
+        rc, log = h.mount(lz, mnt)
+        if h.check("large.zip mounts", rc == 0, tail(log)):
+            ok = True
+            for name, data in (("text.txt", big_text), ("raw.bin", big_raw)):
+                with open(os.path.join(mnt, name), "rb") as f:
+                    # Far chunk first, then back to the start (the deflate cursor restarts), then sequential.
+                    for off in (len(data) - 70_000, 3 * 2**20 + 17, 10, 2**20 - 5, 4 * 2**20 + 1, 0):
+                        f.seek(off)
+                        got = f.read(131_072)
+                        if got != data[off:off + 131_072]:
+                            ok = False
+                            h.note(f"{name}: wrong bytes at {off}")
+                    f.seek(0)
+                    ok = ok and f.read() == data
+            h.check("out-of-order and sequential reads of both entries return the zip's bytes", ok)
+        h.unmount(mnt)
+        raw = bytearray(open(lz, "rb").read())
+        offs = data_offsets(lz)
+        with zipfile.ZipFile(lz) as z:
+            info = {i.filename: i for i in z.infolist()}
+        bad_zip = os.path.join(T, "damaged.zip")
+        raw[offs["small.bin"] + 3] ^= 0x20  # stored: CRC-32 catches it
+        raw[offs["small.txt"] + info["small.txt"].compress_size - 2] ^= 0x55  # deflated: CRC or deflate catches it
+        raw[offs["text.txt"] + info["text.txt"].compress_size // 2] ^= 0x55
+        open(bad_zip, "wb").write(bytes(raw))
+        rc, log = h.mount(bad_zip, mnt)
+        if h.check("a zip with damaged entry data still mounts (data is checked on read)", rc == 0, tail(log)):
+            for name in ("small.bin", "small.txt", "text.txt"):
+                r = h.run(["cat", os.path.join(mnt, name)], binary=True)
+                h.check(f"damaged {name}: reading it fails with EIO", r.returncode != 0 and b"Input/output error" in r.stderr,
+                        f"exit {r.returncode}: {tail(r.stderr.decode(errors='replace'))}")
+            h.check("the undamaged stored entry still reads exactly",
+                    open(os.path.join(mnt, "raw.bin"), "rb").read() == big_raw)
+        h.unmount(mnt)
+
         h.section("export back to a zip")
         out = os.path.join(T, "back.zip")
         r = h.tpkg("export", pkg, "-o", out)
@@ -154,6 +225,11 @@ def main():
         h.check("import of a zip64 archive exits 0", r.returncode == 0, tail(r.stderr))
         r = h.tpkg("cat", p64, "a/big.bin", binary=True)
         h.check("its big entry reads back exactly", r.returncode == 0 and r.stdout == big)
+        rc, log = h.mount(z64, mnt)
+        if h.check("the zip64 archive mounts directly", rc == 0, tail(log)):
+            h.check("direct: its big entry reads back exactly", open(os.path.join(mnt, "a/big.bin"), "rb").read() == big)
+            h.check("direct: all 70 small entries are listed", len(os.listdir(os.path.join(mnt, "many"))) == 70)
+        h.unmount(mnt)
 
         h.section("hostile names are refused, nothing is written")
         bad_cases = {
@@ -178,6 +254,9 @@ def main():
                     r.returncode == 4 and "refusing" in r.stderr, f"exit {r.returncode}: {tail(r.stderr)}")
             h.check(f"{label}: no package and no temporary directory left",
                     not os.path.exists(outp) and not glob.glob(outp + ".import.*") and not glob.glob(outp + ".tmp.*"))
+            rc, log = h.mount(zp, mnt)
+            h.check(f"{label}: direct mount exits 4 naming the entry, nothing mounted",
+                    rc == 4 and "refusing" in log and not os.path.ismount(mnt), f"exit {rc}: {tail(log)}")
         h.check("nothing escaped the temporary directory", not os.path.exists(os.path.join(T, "evil.txt")))
         notzip = os.path.join(T, "not.zip")
         with open(notzip, "wb") as f:
@@ -185,6 +264,16 @@ def main():
         r = h.tpkg("import", notzip, "-o", os.path.join(T, "n.tpkg"))
         h.check("a file that is not a zip: exit 4 with a message", r.returncode == 4 and "zip" in r.stderr,
                 f"exit {r.returncode}: {tail(r.stderr)}")
+        bz = os.path.join(T, "bzip2.zip")
+        with zipfile.ZipFile(bz, "w") as z:
+            z.writestr("a.txt", b"bzip2 entry\n" * 100, compress_type=zipfile.ZIP_BZIP2)
+        rc, log = h.mount(bz, mnt)
+        h.check("direct mount of a bzip2 entry: exit 4, names the method and points to import",
+                rc == 4 and "method 12" in log and "import" in log, f"exit {rc}: {tail(log)}")
+        cut = os.path.join(T, "truncated.zip")
+        open(cut, "wb").write(open(src, "rb").read()[:-30])
+        rc, log = h.mount(cut, mnt)
+        h.check("direct mount of a truncated zip: exit 4", rc == 4 and "zip" in log, f"exit {rc}: {tail(log)}")
 
         h.section("PyTorch: torch.save and torch.package through import, mount and export")
         if not os.path.exists(DEBIAN_PYTHON):
@@ -225,6 +314,20 @@ print("identical" if torch.equal(m(io["x"]), io["y"]) else "DIFFERENT")
                                capture_output=True, text=True, timeout=300)
             h.check("PackageImporter(mountpoint/model_pkg) loads the model and its outputs are identical",
                     r.returncode == 0 and "identical" in r.stdout, tail(r.stderr + r.stdout))
+        h.unmount(mnt)
+        rc, log = h.mount(os.path.join(work, "model_pkg.pt"), mnt)
+        if h.check("the torch.package archive mounts directly", rc == 0, tail(log)):
+            r = subprocess.run([DEBIAN_PYTHON, "-c", load, os.path.join(mnt, "model_pkg")], cwd=work,
+                               capture_output=True, text=True, timeout=300)
+            h.check("direct: PackageImporter(mountpoint/model_pkg) gives identical outputs",
+                    r.returncode == 0 and "identical" in r.stdout, tail(r.stderr + r.stdout))
+        h.unmount(mnt)
+        rc, log = h.mount(os.path.join(work, "state.pt"), mnt)
+        if h.check("the torch.save file mounts directly", rc == 0, tail(log)):
+            want = zip_contents(os.path.join(work, "state.pt"))
+            h.check("direct: every record of state.pt reads back as zipfile reads it",
+                    want and all(open(os.path.join(mnt, n), "rb").read() == d for n, (d, _m) in want.items()),
+                    str(sorted(want))[:300])
         h.unmount(mnt)
         for name in ("state", "model_pkg"):
             r = h.tpkg("export", os.path.join(work, name + ".tpkg"), "-o", os.path.join(work, name + "-back.pt"),
