@@ -12,6 +12,8 @@ const char *const kUsageText = R"(usage: mount.torshpkg PACKAGE MOUNTPOINT [-o O
 
 Mounts a .tpkg package read-only. Files are decompressed lazily, chunk by chunk,
 and every chunk is checked against its SHA-256 before any byte is returned.
+A zip archive (.zip, .pt, torch.package) is mounted in place, without unpacking;
+it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
 
   -f              stay in the foreground
   -d              debug output (implies -f)
