@@ -64,6 +64,9 @@ class Reader {
   void prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count);
   // Runs `job` on a background worker (or inline when there are none).
   void run_in_background(std::function<void()> job);
+  // Background decode of chunk `k` of a file, in the calling thread, unless it is cached or in
+  // flight; a fresh decode goes to the DecodedFn. Silent on damage: a reader that asks gets the error.
+  void decode_ahead(std::uint32_t ino, std::uint64_t k);
 
  private:
   std::shared_ptr<const Package> pkg_;

@@ -1,8 +1,8 @@
 #include "torshpkg/reader.hpp"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "torshpkg/errors.hpp"
 
@@ -44,9 +44,13 @@ void BufferPool::give_back(ChunkBuffer *b) noexcept {
 Reader::Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes)
     : pkg_(std::move(pkg)), cache_(cache_bytes, shards_for(cache_bytes, pkg_->chunk_size())) {}
 
-Reader::~Reader() { stop_workers(); }
+Reader::~Reader() {
+  stop_workers();
+}
 
-void Reader::stop_workers() noexcept { workers_.reset(); }
+void Reader::stop_workers() noexcept {
+  workers_.reset();
+}
 
 ChunkPtr Reader::chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now) {
   const auto entry = pkg_->chunk(index);
@@ -86,7 +90,8 @@ std::vector<ChunkSlice> Reader::slices(std::uint32_t ino, std::uint64_t offset, 
     bool decoded = false;
     auto buf = chunk(e.first + k, ino, &decoded);
     if (in_chunk >= buf->size())  // cannot happen in a validated package; never read past a buffer
-      throw FormatError(fmt::format("{}: {}: chunk {} shorter than its file says", pkg_->path(), pkg_->path_of(ino), k));
+      throw FormatError(
+          fmt::format("{}: {}: chunk {} shorter than its file says", pkg_->path(), pkg_->path_of(ino), k));
     const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(length, buf->size() - in_chunk));
     out.push_back({std::move(buf), in_chunk, n, k, decoded});
     offset += n;
@@ -117,6 +122,19 @@ void Reader::run_in_background(std::function<void()> job) {
   (void)workers_->submit(std::move(job));
 }
 
+void Reader::decode_ahead(std::uint32_t ino, std::uint64_t k) {
+  if (k >= chunks_in_file(ino)) return;
+  const std::uint64_t index = pkg_->inode(ino).first + k;
+  if (cache_.contains(pkg_->chunk(index).offset)) return;
+  bool decoded = false;
+  ChunkPtr c;
+  try {
+    c = chunk(index, ino, &decoded);
+  } catch (const std::exception &) {
+  }
+  if (c && decoded && on_decoded_) on_decoded_(ino, k, c);
+}
+
 void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count) {
   if (!workers_) return;
   const std::uint64_t end = std::min(first + count, chunks_in_file(ino));
@@ -130,18 +148,9 @@ void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t coun
       if (!queued_.insert(index).second) continue;
     }
     (void)workers_->submit([this, ino, k, index] {
-      bool decoded = false;
-      ChunkPtr c;
-      try {
-        c = chunk(index, ino, &decoded);
-      } catch (const std::exception &) {
-        // A damaged chunk is reported when a reader asks for it; prefetch stays silent.
-      }
-      {
-        std::lock_guard lock(queued_mu_);
-        queued_.erase(index);
-      }
-      if (c && decoded && on_decoded_) on_decoded_(ino, k, c);
+      decode_ahead(ino, k);
+      std::lock_guard lock(queued_mu_);
+      queued_.erase(index);
     });
   }
 }

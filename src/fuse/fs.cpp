@@ -72,14 +72,15 @@ Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts)
 }
 
 void Filesystem::stop() {
+  stopping_ = true;
   reader_.stop_workers();
 }
 
 void Filesystem::start(fuse_session *se) {
   se_ = se;
   readahead_chunks_ = opts_.readahead_bytes / pkg_->chunk_size();
-  const unsigned workers = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
-  reader_.start_workers(workers, [this](std::uint32_t ino, std::uint64_t k, const ChunkPtr &c) {
+  workers_ = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
+  reader_.start_workers(workers_, [this](std::uint32_t ino, std::uint64_t k, const ChunkPtr &c) {
     if (opts_.push_to_page_cache) push_to_page_cache(ino, k, c);
   });
 }
@@ -98,7 +99,7 @@ void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk,
 
 void Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
   // Runs before the reply: once the reply is in, the kernel may release the handle and free `of`.
-  if (slices.empty() || !of || readahead_chunks_ == 0) return;
+  if (slices.empty() || !of) return;
   try {
     const std::uint64_t first = slices.front().file_chunk, last = slices.back().file_chunk;
     std::uint64_t from = 0, count = 0;
@@ -108,7 +109,12 @@ void Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vect
       const bool sequential = (of->last_chunk == UINT64_MAX && first == 0) ||
                               (of->last_chunk != UINT64_MAX && first >= of->last_chunk && first <= of->ahead_until);
       of->last_chunk = last;
-      if (!sequential) return;
+      if (!sequential) {
+        // A third jump means random access (an mmap loader, a database): one jump is just a seek.
+        if (++of->random_reads == 3) prefetch_whole_file(ino);
+        return;
+      }
+      if (readahead_chunks_ == 0) return;
       from = std::max(last + 1, of->ahead_until);
       const std::uint64_t until = last + 1 + readahead_chunks_;
       if (from >= until) return;
@@ -119,6 +125,34 @@ void Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vect
   } catch (const std::exception &e) {
     log_error(e.what());  // decode-ahead is a hint: the read itself goes on
   }
+}
+
+void Filesystem::prefetch_whole_file(std::uint32_t ino) noexcept {
+  // Random readers of a weights file end up touching most of it; decoding it ahead, in order, on
+  // every worker puts it in the page cache at full decode speed, where chunk-by-chunk misses would
+  // each cost a decode on the reader's critical path. Pages stay evictable kernel memory.
+  if (!opts_.push_to_page_cache || opts_.random_prefetch_bytes == 0) return;
+  if (pkg_->inode(ino).size > opts_.random_prefetch_bytes || reader_.chunks_in_file(ino) < 2) return;
+  try {
+    {
+      std::lock_guard lock(prefetched_mu_);
+      if (!prefetched_.insert(ino).second) return;  // once per file per mount
+    }
+    for (unsigned w = 0; w < workers_; ++w) sweep(ino, w);
+  } catch (const std::exception &e) {
+    log_error(e.what());
+  }
+}
+
+void Filesystem::sweep(std::uint32_t ino, std::uint64_t k) {
+  // One chunk per task, then requeue: pushes and decode-ahead for other readers interleave with a
+  // long sweep instead of waiting behind it. Workers take chunks w, w+workers, ... in order.
+  reader_.run_in_background([this, ino, k] {
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    reader_.decode_ahead(ino, k);
+    if (k + workers_ < reader_.chunks_in_file(ino) && !stopping_.load(std::memory_order_relaxed))
+      sweep(ino, k + workers_);
+  });
 }
 
 void Filesystem::push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept {

@@ -3,6 +3,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,9 +53,13 @@ class Filesystem {
   struct OpenFile {
     std::uint64_t last_chunk = UINT64_MAX;  // last chunk a read touched
     std::uint64_t ahead_until = 0;          // chunks before this were queued for decode-ahead
+    unsigned random_reads = 0;              // reads that were not sequential
     std::mutex mu;
   };
   void plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
+  // Once a file is read at random: decode all of it into the page cache on the background workers.
+  void prefetch_whole_file(std::uint32_t ino) noexcept;
+  void sweep(std::uint32_t ino, std::uint64_t k);  // decodes chunk k in the background, then k + workers
   void push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept;
   void push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk);
 
@@ -65,13 +70,17 @@ class Filesystem {
   gid_t gid_;
   std::vector<std::uint32_t> subdirs_;  // per directory, for st_nlink
   mutable std::once_flag sha_once_;
-  mutable std::vector<Digest> sha_;       // per inode, from the manifest, parsed on first use
+  mutable std::vector<Digest> sha_;  // per inode, from the manifest, parsed on first use
   mutable std::vector<bool> has_sha_;
   std::mutex log_mu_;
   std::unordered_set<std::string> logged_;
   bool daemonized_ = false;
   fuse_session *se_ = nullptr;
   std::uint64_t readahead_chunks_ = 0;
+  unsigned workers_ = 1;
+  std::atomic<bool> stopping_{false};  // ends whole-file prefetches at unmount
+  std::mutex prefetched_mu_;
+  std::unordered_set<std::uint32_t> prefetched_;  // files whose whole-file prefetch was started
 };
 
 }  // namespace torshpkg::mount

@@ -1,7 +1,7 @@
 #include "options.hpp"
 
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 #include <string_view>
 
 #include "torshpkg/errors.hpp"
@@ -25,6 +25,8 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
   -o workers=N    background decoding threads (default: one per core)
   -o readahead=S  decode this far ahead of sequential readers (default 8M; 0 disables)
   -o nopush       do not push whole decoded chunks into the kernel page cache
+  -o random_prefetch=S  once a file is read at random, decode all of it into the
+                  page cache in the background if it is at most S (default 4G; 0: never)
   -o trust=DIR    trust the Ed25519 keys (*.pub) in DIR (repeatable;
                   default /etc/torshpkg/trusted.d)
   -o pubkey=FILE  trust this public key (repeatable)
@@ -53,11 +55,19 @@ std::uint32_t parse_uint(const std::string &what, const std::string &text, int b
 
 bool is_ignored(std::string_view opt) {
   // What mount(8) and fstab pass that means nothing here (the mount is always read-only).
-  static constexpr std::string_view kIgnored[] = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser",
-                                                   "users", "nofail", "_netdev", "exec", "noexec", "suid",
-                                                   "nosuid", "dev", "nodev", "atime", "noatime", "relatime",
-                                                   "strictatime", "nodiratime", "async", "sync", "owner",
-                                                   "comment", "x-systemd.automount"};
+  static constexpr std::string_view kIgnored[] = {"ro",         "rw",
+                                                  "defaults",   "auto",
+                                                  "noauto",     "user",
+                                                  "nouser",     "users",
+                                                  "nofail",     "_netdev",
+                                                  "exec",       "noexec",
+                                                  "suid",       "nosuid",
+                                                  "dev",        "nodev",
+                                                  "atime",      "noatime",
+                                                  "relatime",   "strictatime",
+                                                  "nodiratime", "async",
+                                                  "sync",       "owner",
+                                                  "comment",    "x-systemd.automount"};
   if (opt.starts_with("x-") || opt.starts_with("comment=")) return true;
   return std::find(std::begin(kIgnored), std::end(kIgnored), opt) != std::end(kIgnored);
 }
@@ -71,12 +81,15 @@ void apply_option_list(Options &o, std::string_view list) {
     const auto eq = opt.find('=');
     const std::string key = opt.substr(0, eq);
     const std::string value = eq == std::string::npos ? "" : opt.substr(eq + 1);
-    if (key == "uid") o.uid = parse_uint("uid", value, 10);
-    else if (key == "gid") o.gid = parse_uint("gid", value, 10);
+    if (key == "uid")
+      o.uid = parse_uint("uid", value, 10);
+    else if (key == "gid")
+      o.gid = parse_uint("gid", value, 10);
     else if (key == "umask") {
       o.umask = parse_uint("umask", value, 8);
       if (*o.umask > 0777) throw UsageError(fmt::format("bad value for umask: '{}'", value));
-    } else if (key == "cache_size") o.cache_bytes = parse_size("cache_size", value);
+    } else if (key == "cache_size")
+      o.cache_bytes = parse_size("cache_size", value);
     else if (key == "threads") {
       o.threads = parse_uint("threads", value, 10);
       if (o.threads < 1 || o.threads > 256) throw UsageError("threads must be from 1 to 256");
@@ -85,6 +98,8 @@ void apply_option_list(Options &o, std::string_view list) {
       if (o.workers > 64) throw UsageError("workers must be from 0 to 64");
     } else if (key == "readahead") {
       o.readahead_bytes = parse_size("readahead", value);
+    } else if (key == "random_prefetch") {
+      o.random_prefetch_bytes = parse_size("random_prefetch", value);
     } else if (key == "trust" || key == "pubkey") {
       if (value.empty()) throw UsageError(fmt::format("{}= needs a path", key));
       (key == "trust" ? o.trust_dirs : o.pubkeys).push_back(value);
@@ -114,10 +129,14 @@ std::uint64_t parse_size(const std::string &what, const std::string &text) {
   }
   const std::string unit = text.substr(pos);
   unsigned shift = 0;
-  if (unit == "K" || unit == "k" || unit == "KiB") shift = 10;
-  else if (unit == "M" || unit == "m" || unit == "MiB") shift = 20;
-  else if (unit == "G" || unit == "g" || unit == "GiB") shift = 30;
-  else if (!unit.empty()) throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
+  if (unit == "K" || unit == "k" || unit == "KiB")
+    shift = 10;
+  else if (unit == "M" || unit == "m" || unit == "MiB")
+    shift = 20;
+  else if (unit == "G" || unit == "g" || unit == "GiB")
+    shift = 30;
+  else if (!unit.empty())
+    throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
   if (v > (UINT64_MAX >> shift)) throw UsageError(fmt::format("{} too large: '{}'", what, text));
   return v << shift;
 }

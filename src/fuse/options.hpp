@@ -17,14 +17,15 @@ struct Options {
   std::optional<std::uint32_t> uid, gid, umask;
   std::uint64_t cache_bytes = 256ull << 20;
   unsigned threads = 8;
-  unsigned workers = 0;                     // background decoders; 0: one per core
-  std::uint64_t readahead_bytes = 8ull << 20;  // decode this far ahead of sequential readers
-  bool push_to_page_cache = true;           // hand whole decoded chunks to the kernel page cache
-  std::vector<std::string> trust_dirs;  // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
-  std::vector<std::string> pubkeys;     // -o pubkey=FILE (repeatable)
-  bool allow_unsigned = false;          // mount without a trusted signature
-  bool skip_chunk_digests = false;      // benchmarking only: measure what lazy verification costs
-  std::vector<std::string> fuse_options;  // passed to libfuse: allow_other, fsname=, ...
+  unsigned workers = 0;                              // background decoders; 0: one per core
+  std::uint64_t readahead_bytes = 8ull << 20;        // decode this far ahead of sequential readers
+  bool push_to_page_cache = true;                    // hand whole decoded chunks to the kernel page cache
+  std::uint64_t random_prefetch_bytes = 4ull << 30;  // decode a file read at random whole, up to this size
+  std::vector<std::string> trust_dirs;               // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
+  std::vector<std::string> pubkeys;                  // -o pubkey=FILE (repeatable)
+  bool allow_unsigned = false;                       // mount without a trusted signature
+  bool skip_chunk_digests = false;                   // benchmarking only: measure what lazy verification costs
+  std::vector<std::string> fuse_options;             // passed to libfuse: allow_other, fsname=, ...
 };
 
 // Throws UsageError with a message naming the bad argument.

@@ -12,6 +12,7 @@ import mmap
 import os
 import random
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -349,6 +350,45 @@ def extract_checks(h, label, pkg, src, dest):
     compare_stats(h, f"{label} extracted", src, dest)
 
 
+def page_cache_bytes(path):
+    """Bytes of `path` resident in the page cache (fincore), or -1."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path], capture_output=True, text=True)
+    try:
+        return int(r.stdout.split()[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def random_prefetch_checks(h, pkg, rel, mnt):
+    """A file read at random (three jumps on one descriptor) is decoded whole into the page cache in
+    the background; with -o random_prefetch=0 only the chunks read are."""
+    for opts, whole in (((), True), (("-o", "random_prefetch=0"), False)):
+        label = "random_prefetch " + ("default" if whole else "=0")
+        rc, log = h.mount(pkg, mnt, *opts)
+        if not h.check(f"{label}: mounts", rc == 0, tail(log)):
+            return
+        path = os.path.join(mnt, rel)
+        size = os.path.getsize(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for frac in (0.7, 0.2, 0.5, 0.9):
+                os.pread(fd, 4096, int(size * frac) // 4096 * 4096)
+            deadline = time.monotonic() + (120 if whole else 2)
+            res = page_cache_bytes(path)
+            while time.monotonic() < deadline and res < size:
+                time.sleep(0.2)
+                res = page_cache_bytes(path)
+        finally:
+            os.close(fd)
+        if whole:
+            h.check(f"{label}: after 4 random reads the whole {size >> 20} MiB file is in the page cache",
+                    res >= size, f"{res} of {size} bytes resident")
+        else:
+            h.check(f"{label}: only about the chunks read are in the page cache", 0 < res <= 8 * M1,
+                    f"{res} of {size} bytes resident")
+        h.unmount(mnt)
+
+
 def main():
     with Harness("roundtrip", deadline=1500) as h:
         rnd = random.Random(42)
@@ -391,6 +431,8 @@ def main():
 
         h.section("mount of the whole tree")
         mount_checks(h, "mount 1M", pkg, src, os.path.join(h.tmp, "mnt"), info, "model/model.safetensors", M1)
+        h.section("random readers: the whole file is decoded into the page cache in the background")
+        random_prefetch_checks(h, pkg, "model/model.safetensors", os.path.join(h.tmp, "mnt-rp"))
         if info64:
             h.section("mount of the 64 KiB package")
             mount_checks(h, "mount 64K", pkg64, os.path.join(src, "edge"), os.path.join(h.tmp, "mnt64"), info64,
