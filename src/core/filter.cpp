@@ -1,6 +1,10 @@
 #include "torshpkg/filter.hpp"
 
 #include <algorithm>
+#include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <fmt/format.h>
 
 #include "torshpkg/errors.hpp"
@@ -18,11 +22,34 @@ void split(const std::uint8_t *src, std::size_t m, std::uint8_t *dst) {
   }
 }
 
+// All planes in one pass: each output element is written whole (one store per element, no
+// strided read-modify-write of cache lines), which the compiler turns into byte unpacks.
 template <unsigned W>
 void join(const std::uint8_t *src, std::size_t m, std::uint8_t *dst) {
-  for (unsigned j = 0; j < W; ++j) {
-    const std::uint8_t *plane = src + j * m;
-    for (std::size_t i = 0; i < m; ++i) dst[i * W + j] = plane[i];
+  if constexpr (W == 2) {
+    const std::uint8_t *p0 = src, *p1 = src + m;
+    std::size_t i = 0;
+#if defined(__SSE2__)
+    // GCC vectorises the scalar loop poorly for two planes (6 GB/s here); byte unpacks run at memory speed.
+    for (; i + 16 <= m; i += 16) {
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p0 + i));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1 + i));
+      _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 2 * i), _mm_unpacklo_epi8(lo, hi));
+      _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 2 * i + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+#endif
+    for (; i < m; ++i) {
+      const auto v = static_cast<std::uint16_t>(p0[i] | (p1[i] << 8));  // little-endian element
+      std::memcpy(dst + 2 * i, &v, 2);
+    }
+  } else {
+    const std::uint8_t *p0 = src, *p1 = src + m, *p2 = src + 2 * m, *p3 = src + 3 * m;
+    for (std::size_t i = 0; i < m; ++i) {
+      dst[4 * i] = p0[i];
+      dst[4 * i + 1] = p1[i];
+      dst[4 * i + 2] = p2[i];
+      dst[4 * i + 3] = p3[i];
+    }
   }
 }
 
