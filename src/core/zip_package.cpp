@@ -232,6 +232,34 @@ class CentralDirectory {
 
 }  // namespace
 
+// Name checks and magic live here rather than in zipio.cpp so that the driver does not link libzip.
+bool looks_like_zip(const std::string &path) {
+  const auto fd = open_read(path);
+  std::array<std::uint8_t, 4> magic{};
+  if (read_full(fd.get(), magic, path) != magic.size()) return false;
+  return magic[0] == 'P' && magic[1] == 'K' && ((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6));
+}
+
+std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path, std::string_view name) {
+  auto bad = [&](const std::string &why) {
+    return FormatError(fmt::format("{}: entry '{}' {}; refusing the archive", zip_path, name, why));
+  };
+  if (name.empty()) throw bad("has an empty name");
+  if (name.front() == '/') throw bad("is an absolute path");
+  if (name.find('\\') != std::string_view::npos) throw bad("contains a backslash");
+  const bool dir = name.back() == '/';
+  if (dir) name.remove_suffix(1);
+  std::size_t i = 0;
+  while (i <= name.size()) {
+    const auto slash = std::min(name.find('/', i), name.size());
+    const auto part = name.substr(i, slash - i);
+    if (part == "..") throw bad("leaves the archive ('..')");
+    if (const auto why = name_problem(part)) throw bad("has a bad path component: " + *why);
+    i = slash + 1;
+  }
+  return {std::string(name), dir};
+}
+
 // Loads the chunks of a zip-backed package; shared by every reader thread.
 class ZipChunkSource {
  public:

@@ -42,30 +42,6 @@ struct PlannedEntry {
   std::uint64_t size = 0;
 };
 
-}  // namespace
-
-std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path, std::string_view name) {
-  auto bad = [&](const std::string &why) {
-    return FormatError(fmt::format("{}: entry '{}' {}; refusing the archive", zip_path, name, why));
-  };
-  if (name.empty()) throw bad("has an empty name");
-  if (name.front() == '/') throw bad("is an absolute path");
-  if (name.find('\\') != std::string_view::npos) throw bad("contains a backslash");
-  const bool dir = name.back() == '/';
-  if (dir) name.remove_suffix(1);
-  std::size_t i = 0;
-  while (i <= name.size()) {
-    const auto slash = std::min(name.find('/', i), name.size());
-    const auto part = name.substr(i, slash - i);
-    if (part == "..") throw bad("leaves the archive ('..')");
-    if (const auto why = name_problem(part)) throw bad("has a bad path component: " + *why);
-    i = slash + 1;
-  }
-  return {std::string(name), dir};
-}
-
-namespace {
-
 std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
   const zip_int64_t n = zip_get_num_entries(za, 0);
   if (n < 0) throw FormatError(zip_path + ": cannot count the archive's entries");
@@ -338,13 +314,6 @@ zip_int64_t package_source_cb(void *state, void *data, zip_uint64_t len, zip_sou
 }
 
 }  // namespace
-
-bool looks_like_zip(const std::string &path) {
-  const auto fd = open_read(path);
-  std::array<std::uint8_t, 4> magic{};
-  if (read_full(fd.get(), magic, path) != magic.size()) return false;
-  return magic[0] == 'P' && magic[1] == 'K' && ((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6));
-}
 
 ZipImportResult extract_zip(const std::string &zip_path, const std::string &dest, const ByteProgress &progress) {
   (void)open_read(zip_path);  // a missing or unreadable file is an IoError, not a format problem
