@@ -95,7 +95,8 @@ TEST_CASE("apply/undo are inverse for every width, phase and size") {
   for (Filter f : {Filter::kBf16, Filter::kFp16, Filter::kFp32}) {
     const unsigned w = filter_width(f);
     for (std::size_t size : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{4},
-                             std::size_t{5}, std::size_t{7}, std::size_t{8}, std::size_t{9}, std::size_t{1023},
+                             std::size_t{5}, std::size_t{7}, std::size_t{8}, std::size_t{9}, std::size_t{32}, std::size_t{33},
+                             std::size_t{34}, std::size_t{35}, std::size_t{1023},
                              std::size_t{65536}, std::size_t{65539}}) {
       for (unsigned phase = 0; phase < w; ++phase) {
         if (phase > size) continue;
