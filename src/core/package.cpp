@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 #include <algorithm>
-#include <unordered_map>
 
 #include "torshpkg/codec.hpp"
 #include "torshpkg/endian.hpp"
@@ -156,9 +155,19 @@ void Package::validate_chunks() const {
   const std::uint32_t cs = chunk_size();
   const std::uint64_t max_stored = ZSTD_compressBound(cs);
   // Deduplicated entries share stored bytes; the cache is keyed by their offset, so every entry at
-  // one offset must describe those bytes identically.
-  std::unordered_map<std::uint64_t, std::uint64_t> first_at;
-  first_at.reserve(static_cast<std::size_t>(footer_.chunk_count));
+  // one offset must describe those bytes identically. The writer appends fresh chunks in offset
+  // order and a dedup entry points back at one of them, so a binary search over the fresh offsets
+  // finds its original; any other order (legal, never written by us) falls back to a sort. A hash
+  // map here was half of open()'s time for a 16,000-chunk index (node allocations).
+  auto same_bytes = [&](std::uint64_t i, std::uint64_t first) {
+    const auto c = chunk(i), o = chunk(first);
+    if (o.stored_size != c.stored_size || o.decoded_size != c.decoded_size || o.codec != c.codec ||
+        o.filter != c.filter || o.digest != c.digest)
+      throw FormatError(
+          fmt::format("chunk {}: shares its stored bytes with chunk {} but describes them differently", i, first));
+  };
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> fresh;  // (offset, chunk), increasing offsets
+  bool in_writer_order = true;
   for (std::uint64_t i = 0; i < footer_.chunk_count; ++i) {
     const auto c = chunk(i);
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("chunk {}: {}", i, why)); };
@@ -180,13 +189,26 @@ void Package::validate_chunks() const {
       throw bad("stored bytes lie outside the data section");
     if (strict_reserved() && load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0)
       throw bad("reserved bytes are not zero");
-    const auto [it, fresh] = first_at.emplace(c.offset, i);
-    if (!fresh) {
-      const auto o = chunk(it->second);
-      if (o.stored_size != c.stored_size || o.decoded_size != c.decoded_size || o.codec != c.codec ||
-          o.filter != c.filter || o.digest != c.digest)
-        throw bad(fmt::format("shares its stored bytes with chunk {} but describes them differently", it->second));
+    if (!in_writer_order) continue;
+    if (fresh.empty() || c.offset > fresh.back().first) {
+      fresh.emplace_back(c.offset, i);
+      continue;
     }
+    const auto it = std::lower_bound(fresh.begin(), fresh.end(), std::pair{c.offset, std::uint64_t{0}});
+    if (it != fresh.end() && it->first == c.offset)
+      same_bytes(i, it->second);
+    else
+      in_writer_order = false;
+  }
+  if (in_writer_order) return;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> all(static_cast<std::size_t>(footer_.chunk_count));
+  for (std::uint64_t i = 0; i < footer_.chunk_count; ++i) all[i] = {chunk(i).offset, i};
+  std::sort(all.begin(), all.end());  // by offset, then chunk: each run starts with its first chunk
+  for (std::size_t k = 1, run = 0; k < all.size(); ++k) {
+    if (all[k].first != all[run].first)
+      run = k;
+    else
+      same_bytes(all[k].second, all[run].second);
   }
 }
 
@@ -254,7 +276,9 @@ void Package::validate_inodes() const {
         next_chunk += count;
         for (std::uint64_t k = 0; k < count; ++k) {
           const std::uint64_t want = (k + 1 < count || e.size % cs == 0) ? cs : e.size % cs;
-          if (chunk(e.first + k).decoded_size != want) throw bad("chunk sizes do not add up to the file size");
+          // Only the decoded size (bytes 12..16 of the entry): decoding whole entries here cost 5% of open().
+          const auto decoded = load_le<std::uint32_t>(&index_[(e.first + k) * format::kChunkEntrySize + 12]);
+          if (decoded != want) throw bad("chunk sizes do not add up to the file size");
         }
         break;
       }

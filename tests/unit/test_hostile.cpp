@@ -825,6 +825,38 @@ TEST_CASE("mode bits, empty files and directories, shared stored bytes, the rese
     img.reroot();
     CHECK_FORMAT_ERROR(img.b);
   }
+  SUBCASE("stored bytes in another order than the chunk table (legal, not what the writer does)") {
+    // b.bin's two stored chunks swap places in the data section: the table is no longer in offset
+    // order, which takes validation off its fast path; the file must still read back exactly.
+    const auto b_first = orig.inode(s.ino["d/b.bin"]).first;
+    auto c0 = orig.chunk(b_first), c1 = orig.chunk(b_first + 1);
+    REQUIRE(c1.offset == c0.offset + c0.stored_size);
+    Image img = orig;
+    const th::Bytes x(orig.b.begin() + static_cast<std::ptrdiff_t>(c0.offset),
+                      orig.b.begin() + static_cast<std::ptrdiff_t>(c1.offset + c1.stored_size));
+    std::copy(x.begin() + c0.stored_size, x.end(), img.b.begin() + static_cast<std::ptrdiff_t>(c0.offset));
+    std::copy(x.begin(), x.begin() + c0.stored_size,
+              img.b.begin() + static_cast<std::ptrdiff_t>(c0.offset + c1.stored_size));
+    const auto base = c0.offset;
+    c1.offset = base;
+    c0.offset = base + c1.stored_size;
+    img.set_chunk(b_first, c0);
+    img.set_chunk(b_first + 1, c1);
+    img.reroot();
+    const auto p = Package::from_bytes(img.b, "reordered");
+    Reader r(p, 1 << 20);
+    th::Bytes got(s.content["d/b.bin"].size());
+    const auto n = r.read(s.ino["d/b.bin"], 0, got);
+    CHECK(n == got.size());
+    CHECK(got == s.content["d/b.bin"]);
+    // ... and on that slow path a shared offset must still describe its bytes identically.
+    auto cc = img.chunk(orig.inode(s.ino["d/c.txt"]).first);
+    cc.offset = c0.offset;
+    cc.digest = sha256(std::span(img.b).subspan(c0.offset, 5));
+    img.set_chunk(orig.inode(s.ino["d/c.txt"]).first, cc);
+    img.reroot();
+    CHECK_FORMAT_ERROR(img.b);
+  }
 }
 
 TEST_CASE("the manifest must be one JSON object (digest recomputed)") {
