@@ -95,6 +95,22 @@ std::string list_some(const std::vector<std::string> &items, std::size_t max = 5
   return out;
 }
 
+// ordered_json finds a key by a linear search, so o[key] = v for n keys read from a file took O(n^2)
+// time (3.4 s for 40k ONNX opsets, half an hour for a million): this keeps a hash index of the keys.
+struct IndexedObject {
+  json object = json::object();
+  std::unordered_map<std::string, std::size_t> index;
+  // Same as object[key] = v: a new key goes last, a repeated one keeps its place and takes the value.
+  void set(std::string key, json v) {
+    auto &o = object.get_ref<json::object_t &>();
+    const auto [it, fresh] = index.try_emplace(key, o.size());
+    if (fresh)
+      o.emplace_back(std::move(key), std::move(v));
+    else
+      std::next(o.begin(), static_cast<std::ptrdiff_t>(it->second))->second = std::move(v);
+  }
+};
+
 // A reference made inside the package (an ONNX location, a weight_map value, an MLflow path)
 // relative to `dir`, as a package path; nullopt when it is absolute or leaves the package.
 std::optional<std::string> normalise(std::string_view dir, std::string_view ref) {
@@ -412,7 +428,7 @@ PickleKind pickle_kind(const TreeEntry &e) {
 // `data_files`: ONNX external data, raw tensors that only look like a pickle by chance.
 void analyse_pickles(const Tree &tree, Report &r, json &formats, const std::set<std::string> &data_files,
                      const std::function<void()> &check) {
-  json all = json::object();
+  IndexedObject all;
   std::vector<std::string> ordinary, ordinary_paths;  // notes for pickles with nothing dangerous
   for (const auto &e : tree.entries()) {
     if (e.type != Type::kFile || e.size == 0 || data_files.count(e.path)) continue;
@@ -455,7 +471,7 @@ void analyse_pickles(const Tree &tree, Report &r, json &formats, const std::set<
     j["dangerous"] = dangerous;
     if (pf.imports_truncated) j["imports_truncated"] = true;
     if (!pf.error.empty()) j["error"] = utf8(pf.error);
-    all[e.path] = std::move(j);
+    all.set(e.path, std::move(j));
 
     if (!dangerous.empty())
       r.problem(fmt::format("{}: pickle imports {}: loading it can run arbitrary code", e.path, list_some(dangerous)));
@@ -478,7 +494,7 @@ void analyse_pickles(const Tree &tree, Report &r, json &formats, const std::set<
     r.note(fmt::format("{} pickle files, whose imports are all ordinary: loading them runs code ({})", ordinary.size(),
                        list_some(ordinary_paths, 3)));
   }
-  if (!all.empty()) formats["pickles"] = std::move(all);
+  if (!all.object.empty()) formats["pickles"] = std::move(all.object);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -787,7 +803,7 @@ class OnnxModel {
     pb_ = &pb;
     std::uint64_t pos = 0;
     PbField f;
-    json opsets = json::object();
+    IndexedObject opsets;
     std::string producer, producer_version;
     while (pb.next(pos, src.size(), f)) {
       if (f.number == 1 && f.wire == 0)
@@ -810,7 +826,7 @@ class OnnxModel {
         });
     }
     if (!producer.empty()) j["producer"] = utf8(producer + (producer_version.empty() ? "" : " " + producer_version));
-    j["opsets"] = std::move(opsets);
+    j["opsets"] = std::move(opsets.object);
     j["tensors"] = tensors_;
     j["external_data"] = std::move(external_);
     if (external_dropped_) j["external_data_truncated"] = external_dropped_;
@@ -824,14 +840,14 @@ class OnnxModel {
     PbField f;
     while (pb_->next(pos, msg.begin + msg.len, f)) fn(f);
   }
-  void opset(const PbField &msg, json &opsets) {
+  void opset(const PbField &msg, IndexedObject &opsets) {
     std::string domain;
     std::uint64_t version = 0;
     each(msg, [&](const PbField &f) {
       if (f.number == 1 && f.wire == 2) domain = pb_->text(f, 256);
       if (f.number == 2 && f.wire == 0) version = f.value;
     });
-    opsets[utf8(domain)] = version;
+    opsets.set(utf8(domain), version);
   }
   void graph(const PbField &msg, unsigned depth) {
     if (depth > kMaxDepth) throw FormatError(fmt::format("subgraphs nested deeper than {}", kMaxDepth));
@@ -1006,12 +1022,12 @@ json yaml_to_json(const YAML::Node &n, unsigned depth, std::size_t &budget) {
       return a;
     }
     case YAML::NodeType::Map: {
-      auto o = json::object();
+      IndexedObject o;
       for (const auto &kv : n) {
-        const std::string key = kv.first.IsScalar() ? utf8(kv.first.Scalar()) : std::string("<complex key>");
-        o[key] = yaml_to_json(kv.second, depth + 1, budget);
+        std::string key = kv.first.IsScalar() ? utf8(kv.first.Scalar()) : std::string("<complex key>");
+        o.set(std::move(key), yaml_to_json(kv.second, depth + 1, budget));
       }
-      return o;
+      return std::move(o.object);
     }
     default: return nullptr;
   }
@@ -1077,6 +1093,7 @@ void analyse_mlflow(const Tree &tree, Report &r, json &formats, const std::funct
         refs.emplace_back("saved_input_example_info.artifact_path", s["artifact_path"].get<std::string>());
     }
     std::vector<std::string> artifacts;
+    std::set<std::string> listed;  // not a search of `artifacts`: quadratic in the number of references
     for (const auto &[key, value] : refs) {
       if (value.empty() || value.find("://") != std::string::npos) continue;  // URIs are not package paths
       const auto p = normalise(d, value);
@@ -1084,7 +1101,7 @@ void analyse_mlflow(const Tree &tree, Report &r, json &formats, const std::funct
         r.problem(fmt::format("{}: {} = '{}' is absolute or outside the package", e.path, key, value));
         continue;
       }
-      if (std::find(artifacts.begin(), artifacts.end(), *p) == artifacts.end()) artifacts.push_back(*p);
+      if (listed.insert(*p).second) artifacts.push_back(*p);
       if (!tree.resolve(*p)) r.problem(fmt::format("{}: {} = '{}': {} is not in the package", e.path, key, value, *p));
     }
     m["artifacts"] = artifacts;

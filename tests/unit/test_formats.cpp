@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -752,6 +753,42 @@ utc_time_created: '2023-08-01 10:00:00.000000'
     CHECK(any_contains(analyse(root).problems, "too many YAML nodes"));
     th::write_file(root / "model/MLmodel", std::string(5000, '[') + std::string(5000, ']'));  // yaml-cpp stops at 2000
     CHECK_FALSE(analyse(root).problems.empty());
+  }
+
+  // Regression (fuzzing): ordered_json's o[key] searches the keys linearly, so a mapping or list
+  // with many distinct keys took O(n^2): 17 s for a 0.9 MiB MLmodel, half an hour for a 12 MiB ONNX model.
+  TEST_CASE("many keys: MLmodel mappings and ONNX opsets are converted in linear time") {
+    th::TempDir dir;
+    const auto root = dir / "r";
+    fs::create_directories(root);
+    // Repeated YAML keys behave as o[key] = v did: first place, last value.
+    th::write_file(root / "MLmodel", "flavors:\n  b: {}\n  a: {}\n  b: {x: 1}\n");
+    auto a = analyse(root);
+    const auto &flavors = a.formats.at("mlflow").at(0).at("flavors");
+    CHECK(flavors.dump() == R"({"b":{"x":"1"},"a":{}})");
+
+    std::string many = "flavors:\n  f: {}\n";
+    for (int i = 0; i < 90'000; ++i) many += fmt::format("k{}: v\n", i);  // 0.9 MiB, under the node budget
+    th::write_file(root / "MLmodel", many);
+    const auto start = std::chrono::steady_clock::now();
+    a = analyse(root);
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(a.problems.empty());
+    CHECK(took < std::chrono::seconds(10));  // 0.5 s here; 17 s when quadratic (the 1 MiB cap bounds it)
+    fs::remove(root / "MLmodel");
+
+    // A million opset imports (12 MiB): seconds when linear, far past the test's timeout when quadratic.
+    Pb m;
+    m.num(1, 8);
+    for (int i = 0; i < 1'000'000; ++i) m.msg(8, Pb().bytes(1, fmt::format("d{}", i % 999'999)).num(2, i));
+    th::write_file(root / "m.onnx", m.b);
+    a = analyse(root);
+    CHECK(a.problems.empty());
+    const auto &opsets = a.formats.at("onnx").at(0).at("opsets");
+    REQUIRE(opsets.size() == 999'999);
+    CHECK(opsets.begin().key() == "d0");
+    CHECK(opsets.at("d0") == 999'999);  // repeated: first place, last value
+    CHECK(opsets.at("d1") == 1);
   }
 
   TEST_CASE("pack: formats in the manifest, warnings, and --strict refusing a broken layout") {
