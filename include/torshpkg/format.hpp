@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace torshpkg::format {
 
@@ -25,8 +26,8 @@ inline constexpr std::size_t kChunkEntrySize = 56;
 inline constexpr std::size_t kInodeEntrySize = 48;
 inline constexpr std::size_t kDigestSize = 32;  // SHA-256
 
-inline constexpr unsigned kMinChunkShift = 16;  // 64 KiB
-inline constexpr unsigned kMaxChunkShift = 22;  // 4 MiB
+inline constexpr unsigned kMinChunkShift = 16;      // 64 KiB
+inline constexpr unsigned kMaxChunkShift = 22;      // 4 MiB
 inline constexpr unsigned kDefaultChunkShift = 20;  // 1 MiB; see docs/PERFORMANCE.md for the measurement
 
 inline constexpr std::uint64_t kMaxManifestSize = 64ull << 20;
@@ -43,10 +44,10 @@ namespace compat {
 inline constexpr std::uint64_t kKnown = 0;
 }
 namespace incompat {
-inline constexpr std::uint64_t kEncrypted = 1ull << 0;    // reserved: chunk payloads are encrypted
-inline constexpr std::uint64_t kBaseRefs = 1ull << 1;     // reserved: chunks may live in a base package
-inline constexpr std::uint64_t kFilters = 1ull << 2;      // chunks may use byte-grouping filters (ids 1-3)
-inline constexpr std::uint64_t kKnown = kFilters;         // what this reader implements
+inline constexpr std::uint64_t kEncrypted = 1ull << 0;  // reserved: chunk payloads are encrypted
+inline constexpr std::uint64_t kBaseRefs = 1ull << 1;   // reserved: chunks may live in a base package
+inline constexpr std::uint64_t kFilters = 1ull << 2;    // chunks may use byte-grouping filters (ids 1-3)
+inline constexpr std::uint64_t kKnown = kFilters;       // what this reader implements
 }  // namespace incompat
 
 enum class Codec : std::uint8_t { kStored = 0, kZstd = 1 };
@@ -103,7 +104,7 @@ struct InodeEntry {
   std::uint32_t mtime_nsec = 0;
   FileKind kind = FileKind::kOther;
   std::uint8_t flags = 0;
-  std::uint64_t size = 0;  // regular: bytes; symlink: target length; directory: child count
+  std::uint64_t size = 0;   // regular: bytes; symlink: target length; directory: child count
   std::uint32_t first = 0;  // regular: first chunk; symlink: target offset; directory: first child inode
   std::uint32_t reserved = 0;
 };
@@ -112,6 +113,10 @@ void encode(const Header &h, std::span<std::uint8_t, kHeaderSize> out) noexcept;
 void encode(const Footer &f, std::span<std::uint8_t, kFooterSize> out) noexcept;
 void encode(const ChunkEntry &c, std::span<std::uint8_t, kChunkEntrySize> out) noexcept;
 void encode(const InodeEntry &i, std::span<std::uint8_t, kInodeEntrySize> out) noexcept;
+// The index section as it is stored: chunk table | inode table | string table | manifest.
+[[nodiscard]] std::vector<std::uint8_t> encode_index(std::span<const ChunkEntry> chunks,
+                                                     std::span<const InodeEntry> inodes,
+                                                     std::span<const std::uint8_t> strings, std::string_view manifest);
 
 // Decoders check magic, version and flags and throw FormatError with a message naming the problem.
 [[nodiscard]] Header decode_header(std::span<const std::uint8_t, kHeaderSize> in);

@@ -2,8 +2,8 @@
 
 #include <sys/stat.h>
 
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
@@ -140,6 +140,23 @@ void encode(const InodeEntry &i, std::span<std::uint8_t, kInodeEntrySize> out) n
   store_le<std::uint64_t>(&out[32], i.size);
   store_le<std::uint32_t>(&out[40], i.first);
   store_le<std::uint32_t>(&out[44], i.reserved);
+}
+
+std::vector<std::uint8_t> encode_index(std::span<const ChunkEntry> chunks, std::span<const InodeEntry> inodes,
+                                       std::span<const std::uint8_t> strings, std::string_view manifest) {
+  std::vector<std::uint8_t> index(chunks.size() * kChunkEntrySize + inodes.size() * kInodeEntrySize);
+  std::size_t at = 0;
+  for (const auto &c : chunks) {
+    encode(c, std::span(index).subspan(at).first<kChunkEntrySize>());
+    at += kChunkEntrySize;
+  }
+  for (const auto &e : inodes) {
+    encode(e, std::span(index).subspan(at).first<kInodeEntrySize>());
+    at += kInodeEntrySize;
+  }
+  index.insert(index.end(), strings.begin(), strings.end());
+  index.insert(index.end(), manifest.begin(), manifest.end());
+  return index;
 }
 
 InodeEntry decode_inode(std::span<const std::uint8_t, kInodeEntrySize> in) noexcept {

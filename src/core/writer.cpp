@@ -6,13 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <ctime>
 #include <deque>
 #include <filesystem>
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <unordered_map>
@@ -127,7 +127,9 @@ class Walker {
     for (; idx != 0; idx = nodes_[idx].parent) ++d;
     return d;
   }
-  std::string full(const std::string &rel) const { return rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + rel; }
+  std::string full(const std::string &rel) const {
+    return rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + rel;
+  }
 
   const PackOptions &opts_;
   std::vector<Node> nodes_;
@@ -151,7 +153,8 @@ struct FilterTry {
 
 // Encodes one chunk: plain zstd and/or each filter candidate; keeps the smallest, or stores the raw
 // bytes when nothing saves ChunkEncoder::kMinSavingPercent.
-Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_plain, const std::vector<FilterTry> &tries) {
+Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_plain,
+                     const std::vector<FilterTry> &tries) {
   thread_local std::unique_ptr<ChunkEncoder> enc;
   thread_local int enc_level = 0;
   thread_local std::vector<std::uint8_t> attempt;
@@ -162,7 +165,8 @@ Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_p
   e.stored.assign(raw.begin(), raw.end());
   const std::size_t worth = raw.size() * (100 - ChunkEncoder::kMinSavingPercent) / 100;
   auto keep = [&](format::Codec codec, format::Filter filter) {
-    if (attempt.size() <= worth && attempt.size() < (e.codec == format::Codec::kStored ? raw.size() + 1 : e.stored.size())) {
+    if (attempt.size() <= worth &&
+        attempt.size() < (e.codec == format::Codec::kStored ? raw.size() + 1 : e.stored.size())) {
       e.stored.swap(attempt);
       e.codec = codec;
       e.filter = filter;
@@ -234,7 +238,8 @@ class FilterPlan {
       if (++sampled_ == kSampleChunks) {
         std::size_t best = sample_plain_ * 97 / 100;  // a filter must win by 3%
         for (unsigned f = 1; f < 4; ++f)
-          if (sample_filtered_[f] && sample_filtered_[f] < best) best = sample_filtered_[f], sample_choice_ = format::Filter(f);
+          if (sample_filtered_[f] && sample_filtered_[f] < best)
+            best = sample_filtered_[f], sample_choice_ = format::Filter(f);
       }
       return;
     }
@@ -290,7 +295,8 @@ class FilterPlan {
 };
 
 bool sample_for_filters(std::string_view rel) {
-  for (std::string_view ext : {".bin", ".pt", ".pth", ".ckpt", ".onnx_data", ".npy", ".data", ".h5", ".msgpack", ".gguf"})
+  for (std::string_view ext :
+       {".bin", ".pt", ".pth", ".ckpt", ".onnx_data", ".npy", ".data", ".h5", ".msgpack", ".gguf"})
     if (rel.size() > ext.size() && rel.substr(rel.size() - ext.size()) == ext) return true;
   return false;
 }
@@ -318,12 +324,15 @@ std::optional<std::time_t> source_date_epoch() {
 class Packer {
  public:
   explicit Packer(const PackOptions &o)
-      : opts_(o), chunk_size_(1u << o.chunk_shift), pool_(o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {}
+      : opts_(o),
+        chunk_size_(1u << o.chunk_shift),
+        pool_(o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {}
 
   PackResult run() {
     nodes_ = Walker(opts_).walk();
     for (const auto &n : nodes_)
-      if (S_ISREG(n.st.st_mode)) progress_.bytes_total += static_cast<std::uint64_t>(n.st.st_size), ++progress_.files_total;
+      if (S_ISREG(n.st.st_mode))
+        progress_.bytes_total += static_cast<std::uint64_t>(n.st.st_size), ++progress_.files_total;
     analyse_model_formats();
 
     TempOutput out(opts_.output);
@@ -542,18 +551,7 @@ class Packer {
     }
     const std::string manifest = build_manifest();
 
-    std::vector<std::uint8_t> index(chunks_.size() * format::kChunkEntrySize + inodes_.size() * format::kInodeEntrySize);
-    std::size_t at = 0;
-    for (const auto &c : chunks_) {
-      format::encode(c, std::span(index).subspan(at).first<format::kChunkEntrySize>());
-      at += format::kChunkEntrySize;
-    }
-    for (const auto &e : inodes_) {
-      format::encode(e, std::span(index).subspan(at).first<format::kInodeEntrySize>());
-      at += format::kInodeEntrySize;
-    }
-    index.insert(index.end(), strings.begin(), strings.end());
-    index.insert(index.end(), manifest.begin(), manifest.end());
+    const auto index = format::encode_index(chunks_, inodes_, strings, manifest);
 
     format::Footer f;
     f.index_offset = pos_;
@@ -629,7 +627,8 @@ PackResult pack(const PackOptions &in) {
   while (o.source_dir.size() > 1 && o.source_dir.back() == '/') o.source_dir.pop_back();
   if (o.name.empty()) {
     auto base = std::filesystem::absolute(o.source_dir).lexically_normal().filename().string();
-    if (base.empty()) base = std::filesystem::absolute(o.source_dir).lexically_normal().parent_path().filename().string();
+    if (base.empty())
+      base = std::filesystem::absolute(o.source_dir).lexically_normal().parent_path().filename().string();
     o.name = base;
   }
   if (!valid_package_name(o.name))

@@ -618,19 +618,7 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
   m["chunk_size"] = cs;
   const std::string manifest = m.dump(2);
 
-  auto &idx = p->index_;
-  idx.resize(chunks.size() * format::kChunkEntrySize + inodes.size() * format::kInodeEntrySize);
-  std::size_t at = 0;
-  for (const auto &c : chunks) {
-    format::encode(c, std::span(idx).subspan(at).first<format::kChunkEntrySize>());
-    at += format::kChunkEntrySize;
-  }
-  for (const auto &e : inodes) {
-    format::encode(e, std::span(idx).subspan(at).first<format::kInodeEntrySize>());
-    at += format::kInodeEntrySize;
-  }
-  idx.insert(idx.end(), strings.begin(), strings.end());
-  idx.insert(idx.end(), manifest.begin(), manifest.end());
+  p->index_ = format::encode_index(chunks, inodes, strings, manifest);
   p->footer_.index_offset = p->file_size_;
   p->footer_.chunk_count = chunks.size();
   p->footer_.inode_count = inodes.size();

@@ -300,9 +300,7 @@ torch.save({"x": x, "y": m(x).detach()}, "io.pt")
         for name in ("state", "model_pkg"):
             r = h.tpkg("import", os.path.join(work, name + ".pt"), "-o", os.path.join(work, name + ".tpkg"), "-q")
             h.check(f"import {name}.pt exits 0", r.returncode == 0, tail(r.stderr))
-        rc, log = h.mount(os.path.join(work, "model_pkg.tpkg"), mnt)
-        if h.check("the imported torch.package mounts", rc == 0, tail(log)):
-            load = r"""
+        load = r"""
 import sys, torch
 from torch.package import PackageImporter
 imp = PackageImporter(sys.argv[1])
@@ -310,15 +308,21 @@ m = imp.load_pickle("model", "model.pkl")
 io = torch.load("io.pt")
 print("identical" if torch.equal(m(io["x"]), io["y"]) else "DIFFERENT")
 """
-            r = subprocess.run([DEBIAN_PYTHON, "-c", load, os.path.join(mnt, "model_pkg")], cwd=work,
-                               capture_output=True, text=True, timeout=300)
+
+        def load_from(directory):
+            """Loads the model with PackageImporter from `directory`; prints identical or DIFFERENT."""
+            return subprocess.run([DEBIAN_PYTHON, "-c", load, directory], cwd=work, capture_output=True, text=True,
+                                  timeout=300)
+
+        rc, log = h.mount(os.path.join(work, "model_pkg.tpkg"), mnt)
+        if h.check("the imported torch.package mounts", rc == 0, tail(log)):
+            r = load_from(os.path.join(mnt, "model_pkg"))
             h.check("PackageImporter(mountpoint/model_pkg) loads the model and its outputs are identical",
                     r.returncode == 0 and "identical" in r.stdout, tail(r.stderr + r.stdout))
         h.unmount(mnt)
         rc, log = h.mount(os.path.join(work, "model_pkg.pt"), mnt)
         if h.check("the torch.package archive mounts directly", rc == 0, tail(log)):
-            r = subprocess.run([DEBIAN_PYTHON, "-c", load, os.path.join(mnt, "model_pkg")], cwd=work,
-                               capture_output=True, text=True, timeout=300)
+            r = load_from(os.path.join(mnt, "model_pkg"))
             h.check("direct: PackageImporter(mountpoint/model_pkg) gives identical outputs",
                     r.returncode == 0 and "identical" in r.stdout, tail(r.stderr + r.stdout))
         h.unmount(mnt)
