@@ -230,6 +230,14 @@ def main():
             h.check("direct: its big entry reads back exactly", open(os.path.join(mnt, "a/big.bin"), "rb").read() == big)
             h.check("direct: all 70 small entries are listed", len(os.listdir(os.path.join(mnt, "many"))) == 70)
         h.unmount(mnt)
+        want64 = {i: d for i, (d, _m) in zip_contents(z64).items()}
+        for fmt in ("zip", "torch"):
+            back64 = os.path.join(T, f"z64-back.{fmt}")
+            r = h.tpkg("export", p64, "-o", back64, "--format", fmt)
+            got64 = {n: d for n, (d, _m) in zip_contents(back64).items() if not n.endswith("/")} \
+                if r.returncode == 0 else {}
+            h.check(f"the imported zip64 archive exports (--format {fmt}) with every entry's bytes",
+                    r.returncode == 0 and got64 == want64, f"exit {r.returncode}: {tail(r.stderr)}")
 
         h.section("hostile names are refused, nothing is written")
         bad_cases = {
