@@ -54,10 +54,8 @@ class Reader {
   [[nodiscard]] ChunkPtr chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now = nullptr);
   [[nodiscard]] std::uint64_t chunks_in_file(std::uint32_t ino) const;
 
-  // Background decoding. `on_decoded` runs on a worker after a background decode (the FUSE front end
-  // pushes the chunk into the kernel page cache there). Start after fork(): threads do not survive it.
-  using DecodedFn = std::function<void(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &)>;
-  void start_workers(unsigned threads, DecodedFn on_decoded);
+  // Background decoding. Start after fork(): threads do not survive it.
+  void start_workers(unsigned threads);
   void stop_workers() noexcept;  // finishes queued work and joins
   // Queues chunks [first, first+count) of a file for background decoding; skips chunks that are
   // cached, in flight or past the end, and drops work when the queue is full (prefetch is a hint).
@@ -65,14 +63,14 @@ class Reader {
   // Runs `job` on a background worker (or inline when there are none).
   void run_in_background(std::function<void()> job);
   // Background decode of chunk `k` of a file, in the calling thread, unless it is cached or in
-  // flight; a fresh decode goes to the DecodedFn. Silent on damage: a reader that asks gets the error.
-  void decode_ahead(std::uint32_t ino, std::uint64_t k);
+  // flight. Returns the chunk when this call decoded it, else null. Silent on damage: a reader that
+  // asks gets the error.
+  ChunkPtr decode_ahead(std::uint32_t ino, std::uint64_t k);
 
  private:
   std::shared_ptr<const Package> pkg_;
   std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>(16);
   ChunkCache cache_;
-  DecodedFn on_decoded_;
   std::mutex queued_mu_;
   std::unordered_set<std::uint64_t> queued_;  // package chunk indices waiting for a worker
   std::unique_ptr<ThreadPool> workers_;       // last: joined first on destruction

@@ -109,8 +109,7 @@ std::size_t Reader::read(std::uint32_t ino, std::uint64_t offset, std::span<std:
   return done;
 }
 
-void Reader::start_workers(unsigned threads, DecodedFn on_decoded) {
-  on_decoded_ = std::move(on_decoded);
+void Reader::start_workers(unsigned threads) {
   workers_ = std::make_unique<ThreadPool>(threads);
 }
 
@@ -122,17 +121,17 @@ void Reader::run_in_background(std::function<void()> job) {
   (void)workers_->submit(std::move(job));
 }
 
-void Reader::decode_ahead(std::uint32_t ino, std::uint64_t k) {
-  if (k >= chunks_in_file(ino)) return;
+ChunkPtr Reader::decode_ahead(std::uint32_t ino, std::uint64_t k) {
+  if (k >= chunks_in_file(ino)) return nullptr;
   const std::uint64_t index = pkg_->inode(ino).first + k;
-  if (cache_.contains(pkg_->chunk(index).offset)) return;
+  if (cache_.contains(pkg_->chunk(index).offset)) return nullptr;
   bool decoded = false;
-  ChunkPtr c;
   try {
-    c = chunk(index, ino, &decoded);
+    auto c = chunk(index, ino, &decoded);
+    return decoded ? c : nullptr;
   } catch (const std::exception &) {
+    return nullptr;
   }
-  if (c && decoded && on_decoded_) on_decoded_(ino, k, c);
 }
 
 void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count) {
@@ -148,7 +147,7 @@ void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t coun
       if (!queued_.insert(index).second) continue;
     }
     (void)workers_->submit([this, ino, k, index] {
-      decode_ahead(ino, k);
+      (void)decode_ahead(ino, k);
       std::lock_guard lock(queued_mu_);
       queued_.erase(index);
     });

@@ -80,13 +80,13 @@ void Filesystem::start(fuse_session *se) {
   se_ = se;
   readahead_chunks_ = opts_.readahead_bytes / pkg_->chunk_size();
   workers_ = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
-  reader_.start_workers(workers_, [this](std::uint32_t ino, std::uint64_t k, const ChunkPtr &c) {
-    if (opts_.push_to_page_cache) push_to_page_cache(ino, k, c);
-  });
+  reader_.start_workers(workers_);
 }
 
 void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk) {
-  // Neighbouring reads of this chunk then never reach the daemon, as with a kernel filesystem.
+  // For random readers: neighbouring reads of this chunk then never reach the daemon, as with a
+  // kernel filesystem. Sequential streams are not pushed: the kernel's own read-ahead asks for those
+  // pages anyway, and pushing them cost 1.5 CPU-s per GiB more (docs/PERFORMANCE.md).
   // Failure is harmless (e.g. ENOENT when the kernel has forgotten the inode): reads still work.
   fuse_bufvec bufv{};  // FUSE_BUFVEC_INIT is a C compound literal
   bufv.count = 1;
@@ -97,34 +97,21 @@ void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk,
                                    FUSE_BUF_NO_SPLICE);
 }
 
-void Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
+bool Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
   // Runs before the reply: once the reply is in, the kernel may release the handle and free `of`.
-  if (slices.empty() || !of) return;
+  if (slices.empty() || !of) return false;
+  ReadPattern::Plan plan;
+  {
+    std::lock_guard lock(of->mu);
+    plan = of->pattern.observe(slices.front().file_chunk, slices.back().file_chunk);
+  }
   try {
-    const std::uint64_t first = slices.front().file_chunk, last = slices.back().file_chunk;
-    std::uint64_t from = 0, count = 0;
-    {
-      std::lock_guard lock(of->mu);
-      // Sequential: the stream starts at the file's head, or continues within what was queued ahead.
-      const bool sequential = (of->last_chunk == UINT64_MAX && first == 0) ||
-                              (of->last_chunk != UINT64_MAX && first >= of->last_chunk && first <= of->ahead_until);
-      of->last_chunk = last;
-      if (!sequential) {
-        // A third jump means random access (an mmap loader, a database): one jump is just a seek.
-        if (++of->random_reads == 3) prefetch_whole_file(ino);
-        return;
-      }
-      if (readahead_chunks_ == 0) return;
-      from = std::max(last + 1, of->ahead_until);
-      const std::uint64_t until = last + 1 + readahead_chunks_;
-      if (from >= until) return;
-      count = until - from;
-      of->ahead_until = until;
-    }
-    reader_.prefetch(ino, from, count);
+    if (plan.turned_random) prefetch_whole_file(ino);
+    if (plan.ahead_count) reader_.prefetch(ino, plan.ahead_from, plan.ahead_count);
   } catch (const std::exception &e) {
     log_error(e.what());  // decode-ahead is a hint: the read itself goes on
   }
+  return plan.sequential;
 }
 
 void Filesystem::prefetch_whole_file(std::uint32_t ino) noexcept {
@@ -149,7 +136,7 @@ void Filesystem::sweep(std::uint32_t ino, std::uint64_t k) {
   // long sweep instead of waiting behind it. Workers take chunks w, w+workers, ... in order.
   reader_.run_in_background([this, ino, k] {
     if (stopping_.load(std::memory_order_relaxed)) return;
-    reader_.decode_ahead(ino, k);
+    if (auto c = reader_.decode_ahead(ino, k)) push_to_page_cache(ino, k, c);
     if (k + workers_ < reader_.chunks_in_file(ino) && !stopping_.load(std::memory_order_relaxed))
       sweep(ino, k + workers_);
   });
@@ -272,7 +259,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
     return;
   }
   fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
-  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>();
+  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_);
   fi->fh = reinterpret_cast<std::uint64_t>(of.get());
   if (fuse_reply_open(req, fi) == 0) of.release();  // owned by the kernel's handle until release
 }
@@ -296,10 +283,10 @@ void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
   std::vector<iovec> iov;
   iov.reserve(slices.size());
   for (const auto &s : slices) iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
-  plan_readahead(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
+  const bool sequential = plan_readahead(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
   // The slices hold the chunks alive until the reply has been written.
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
-  push_decoded(i, slices);
+  if (!sequential) push_decoded(i, slices);
 }
 
 void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "options.hpp"
+#include "torshpkg/read_pattern.hpp"
 #include "torshpkg/reader.hpp"
 
 namespace torshpkg::mount {
@@ -51,12 +52,12 @@ class Filesystem {
   [[nodiscard]] std::string file_sha256(std::uint32_t ino) const;  // hex, or "" when the manifest has none
   // Per open file: where its reader is, to tell a sequential stream from random access.
   struct OpenFile {
-    std::uint64_t last_chunk = UINT64_MAX;  // last chunk a read touched
-    std::uint64_t ahead_until = 0;          // chunks before this were queued for decode-ahead
-    unsigned random_reads = 0;              // reads that were not sequential
+    explicit OpenFile(std::uint64_t readahead_chunks) : pattern(readahead_chunks) {}
+    ReadPattern pattern;
     std::mutex mu;
   };
-  void plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
+  // Queues decode-ahead for a sequential stream; returns whether this read continued one.
+  bool plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
   // Once a file is read at random: decode all of it into the page cache on the background workers.
   void prefetch_whole_file(std::uint32_t ino) noexcept;
   void sweep(std::uint32_t ino, std::uint64_t k);  // decodes chunk k in the background, then k + workers

@@ -1,4 +1,4 @@
-// digest.hpp, pool.hpp, file.hpp, errors.hpp.
+// digest.hpp, pool.hpp, file.hpp, errors.hpp, read_pattern.hpp.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -16,6 +16,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/pool.hpp"
+#include "torshpkg/read_pattern.hpp"
 
 using namespace torshpkg;
 
@@ -174,6 +175,73 @@ TEST_CASE("throw_errno carries errno and the path") {
   CHECK_THROWS_AS(throw NotFoundError("x"), Error);
   CHECK_THROWS_AS(throw Interrupted(), Error);
   CHECK_THROWS_AS(throw IoError("x", EIO), std::runtime_error);
+}
+
+TEST_CASE("read pattern: sequential streams, out-of-order read-ahead, seeks, random access") {
+  SUBCASE("a stream from the head queues decode-ahead once per chunk") {
+    ReadPattern p(8);
+    auto a = p.observe(0, 0);
+    CHECK(a.sequential);
+    CHECK(a.ahead_from == 1);
+    CHECK(a.ahead_count == 8);
+    auto b = p.observe(0, 1);  // within what was queued: only the new tail
+    CHECK(b.sequential);
+    CHECK(b.ahead_from == 9);
+    CHECK(b.ahead_count == 1);
+    auto c = p.observe(1, 1);  // same place again: nothing new
+    CHECK(c.sequential);
+    CHECK(c.ahead_count == 0);
+  }
+  SUBCASE("read-ahead requests arriving out of order stay one stream") {
+    // What several FUSE threads deliver for a sequential dd: 0, 2, 1, 4, 3, 5, 3 ...
+    ReadPattern p(8);
+    for (const std::uint64_t k : {0, 2, 1, 4, 3, 5, 3, 7, 6, 8}) {
+      const auto r = p.observe(k, k);
+      CHECK_MESSAGE(r.sequential, "chunk ", k);
+      CHECK_FALSE(r.turned_random);
+    }
+  }
+  SUBCASE("a read further behind than the slack is a jump") {
+    ReadPattern p(8);
+    for (std::uint64_t k = 0; k < 10; ++k) (void)p.observe(k, k);
+    CHECK_FALSE(p.observe(9 - ReadPattern::kSlack - 1, 9 - ReadPattern::kSlack - 1).sequential);
+  }
+  SUBCASE("after a seek the stream picks up where the reader went") {
+    ReadPattern p(4);
+    const auto jump = p.observe(50, 50);
+    CHECK_FALSE(jump.sequential);
+    CHECK(jump.ahead_count == 0);
+    const auto next = p.observe(51, 51);
+    CHECK(next.sequential);
+    CHECK(next.ahead_from == 52);
+    CHECK(next.ahead_count == 4);
+    // A jump forward past the queued window is a seek, not the stream.
+    CHECK_FALSE(p.observe(80, 80).sequential);
+  }
+  SUBCASE("the third jump, and only it, turns the file random") {
+    ReadPattern p(8);
+    int turned = 0;
+    for (const std::uint64_t k : {100, 5, 700, 300, 40, 900}) turned += p.observe(k, k).turned_random;
+    CHECK(turned == 1);
+    ReadPattern q(8);
+    CHECK_FALSE(q.observe(100, 100).turned_random);
+    CHECK_FALSE(q.observe(5, 5).turned_random);
+    CHECK(q.observe(700, 700).turned_random);
+  }
+  SUBCASE("readahead 0: streams are recognised but nothing is queued") {
+    ReadPattern p(0);
+    for (std::uint64_t k = 0; k < 4; ++k) {
+      const auto r = p.observe(k, k);
+      CHECK(r.sequential);
+      CHECK(r.ahead_count == 0);
+    }
+  }
+  SUBCASE("a read spanning chunks counts its last chunk") {
+    ReadPattern p(2);
+    const auto r = p.observe(0, 3);
+    CHECK(r.ahead_from == 4);
+    CHECK(r.ahead_count == 2);
+  }
 }
 
 }  // TEST_SUITE

@@ -1,0 +1,29 @@
+#include "torshpkg/read_pattern.hpp"
+
+#include <algorithm>
+
+namespace torshpkg {
+
+ReadPattern::Plan ReadPattern::observe(std::uint64_t first, std::uint64_t last) noexcept {
+  Plan plan;
+  // Sequential: the stream starts at the file's head, or continues from where it is (within the
+  // slack) up to what was queued ahead.
+  plan.sequential =
+      furthest_ == kNone ? first == 0 : first + kSlack >= furthest_ && first <= std::max(ahead_until_, furthest_ + 1);
+  if (!plan.sequential) {
+    furthest_ = last;  // a seek starts a new stream here; what was queued for the old one is moot
+    ahead_until_ = last + 1;
+    plan.turned_random = ++jumps_ == kJumpsForRandom;
+    return plan;
+  }
+  furthest_ = furthest_ == kNone ? last : std::max(furthest_, last);
+  if (readahead_chunks_ == 0) return plan;
+  const std::uint64_t until = furthest_ + 1 + readahead_chunks_;
+  plan.ahead_from = std::max(furthest_ + 1, ahead_until_);
+  if (plan.ahead_from >= until) return plan;
+  plan.ahead_count = until - plan.ahead_from;
+  ahead_until_ = until;
+  return plan;
+}
+
+}  // namespace torshpkg
