@@ -8,11 +8,13 @@ ReadPattern::Plan ReadPattern::observe(std::uint64_t first, std::uint64_t last) 
   Plan plan;
   // Sequential: the stream starts at the file's head, or continues from where it is (within the
   // slack) up to what was queued ahead.
-  plan.sequential =
-      furthest_ == kNone ? first == 0 : first + kSlack >= furthest_ && first <= std::max(ahead_until_, furthest_ + 1);
+  plan.sequential = furthest_ == kNone
+                        ? first == 0
+                        : first + slack_chunks_ >= furthest_ && first <= std::max(ahead_until_, furthest_ + 1);
   if (!plan.sequential) {
-    furthest_ = last;  // a seek starts a new stream here; what was queued for the old one is moot
-    ahead_until_ = last + 1;
+    // A seek starts a new stream here. What was queued ahead stays valid: a late request of the old
+    // stream, or a reader returning to it, is not another jump.
+    furthest_ = last;
     plan.turned_random = ++jumps_ == kJumpsForRandom;
     return plan;
   }

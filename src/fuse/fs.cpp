@@ -79,6 +79,9 @@ void Filesystem::stop() {
 void Filesystem::start(fuse_session *se) {
   se_ = se;
   readahead_chunks_ = opts_.readahead_bytes / pkg_->chunk_size();
+  // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
+  stream_slack_chunks_ = std::max<std::uint64_t>(
+      2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / pkg_->chunk_size()));
   workers_ = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
   reader_.start_workers(workers_);
 }
@@ -259,7 +262,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
     return;
   }
   fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
-  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_);
+  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_, stream_slack_chunks_);
   fi->fh = reinterpret_cast<std::uint64_t>(of.get());
   if (fuse_reply_open(req, fi) == 0) of.release();  // owned by the kernel's handle until release
 }

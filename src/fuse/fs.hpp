@@ -52,7 +52,7 @@ class Filesystem {
   [[nodiscard]] std::string file_sha256(std::uint32_t ino) const;  // hex, or "" when the manifest has none
   // Per open file: where its reader is, to tell a sequential stream from random access.
   struct OpenFile {
-    explicit OpenFile(std::uint64_t readahead_chunks) : pattern(readahead_chunks) {}
+    OpenFile(std::uint64_t readahead_chunks, std::uint64_t slack_chunks) : pattern(readahead_chunks, slack_chunks) {}
     ReadPattern pattern;
     std::mutex mu;
   };
@@ -78,6 +78,7 @@ class Filesystem {
   bool daemonized_ = false;
   fuse_session *se_ = nullptr;
   std::uint64_t readahead_chunks_ = 0;
+  std::uint64_t stream_slack_chunks_ = 2;  // see ReadPattern
   unsigned workers_ = 1;
   std::atomic<bool> stopping_{false};  // ends whole-file prefetches at unmount
   std::mutex prefetched_mu_;
