@@ -22,9 +22,13 @@ class ChunkEncoder {
   std::size_t encode_filtered(format::Filter f, unsigned phase, std::span<const std::uint8_t> raw,
                               std::vector<std::uint8_t> &out);
   static constexpr unsigned kMinSavingPercent = 3;
-  // Filtered planes use this level when the requested one is at most kFilteredLevelUpTo: on
-  // exponent planes zstd's short matches cost more than Huffman-coded literals, so level 1 packs
-  // smaller and faster than 3..9, and decodes about twice as fast (docs/PERFORMANCE.md).
+  // Filtered planes are coded as Huffman literals without LZ matches, whatever the level: on float
+  // planes matches cost more bits than they save, so this packs smaller than every zstd level
+  // tried (1 to 19) and compresses and decodes about twice as fast as level 1 (docs/PERFORMANCE.md).
+  // A chunk whose planes shrink below 1/kRedundantBelow (zeros, repeats) also tries LZ and keeps
+  // the smaller: at level kFilteredLevel when the requested one is at most kFilteredLevelUpTo,
+  // else at the requested level.
+  static constexpr unsigned kRedundantBelow = 4;
   static constexpr int kFilteredLevel = 1, kFilteredLevelUpTo = 9;
 
  private:
@@ -33,9 +37,11 @@ class ChunkEncoder {
   };
   static std::size_t compress(ZSTD_CCtx_s *cctx, std::span<const std::uint8_t> in, std::vector<std::uint8_t> &out);
   std::unique_ptr<ZSTD_CCtx_s, Free> cctx_;
-  std::unique_ptr<ZSTD_CCtx_s, Free> filtered_cctx_;
+  std::unique_ptr<ZSTD_CCtx_s, Free> filtered_cctx_;     // literals only
+  std::unique_ptr<ZSTD_CCtx_s, Free> filtered_lz_cctx_;  // LZ, for redundant planes
   int level_;
-  std::vector<std::uint8_t> filtered_;  // scratch
+  bool literals_only_ = false;                   // libzstd accepted the literal-compression parameter
+  std::vector<std::uint8_t> filtered_, lz_out_;  // scratch
 };
 
 class ChunkDecoder {
