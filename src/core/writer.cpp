@@ -162,11 +162,9 @@ Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_p
   Encoded e;
   e.decoded_size = static_cast<std::uint32_t>(raw.size());
   e.codec = format::Codec::kStored;
-  e.stored.assign(raw.begin(), raw.end());
   const std::size_t worth = raw.size() * (100 - ChunkEncoder::kMinSavingPercent) / 100;
   auto keep = [&](format::Codec codec, format::Filter filter) {
-    if (attempt.size() <= worth &&
-        attempt.size() < (e.codec == format::Codec::kStored ? raw.size() + 1 : e.stored.size())) {
+    if (attempt.size() <= worth && (e.codec == format::Codec::kStored || attempt.size() < e.stored.size())) {
       e.stored.swap(attempt);
       e.codec = codec;
       e.filter = filter;
@@ -181,6 +179,7 @@ Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_p
     e.filtered_size[static_cast<unsigned>(t.filter)] = enc->encode_filtered(t.filter, t.phase, raw, attempt);
     keep(format::Codec::kZstd, t.filter);
   }
+  if (e.codec == format::Codec::kStored) e.stored.assign(raw.begin(), raw.end());  // nothing saved enough
   e.digest = sha256(e.stored);
   return e;
 }
@@ -416,9 +415,12 @@ class Packer {
 
     auto &meta = files_json_[n.rel];
     const std::uint64_t first_chunk = chunks_.size();
-    Sha256 whole;
+    // The whole-file digest is one serial SHA-256 per file: on its own thread it overlaps with
+    // reading and encoding instead of holding up the thread that feeds the encoders.
+    auto whole = std::make_shared<Sha256>();
+    std::deque<std::future<void>> hashing;
     std::deque<std::future<Encoded>> inflight;
-    const std::size_t window = 2 * pool_.size() + 2;  // bounds memory at window * 2 chunks
+    const std::size_t window = 2 * pool_.size() + 2;  // bounds memory at window * 3 chunks
     std::uint64_t done = 0;
     format::FileKind kind = format::FileKind::kOther;
     FilterPlan plan;
@@ -436,7 +438,8 @@ class Packer {
         const bool sample = ranges.empty() && sample_for_filters(n.rel);
         if (opts_.filters && (sample || !ranges.empty())) plan = FilterPlan(std::move(ranges), sample);
       }
-      whole.update(*raw);
+      hashing.push_back(hasher_.submit([whole, raw] { whole->update(*raw); }));
+      while (hashing.size() >= window) hashing.front().get(), hashing.pop_front();
       if (opts_.filters) {
         while (plan.waiting(done, got) && !inflight.empty()) commit_one(inflight, plan);
         plan.choose(done, got, try_plain, tries);
@@ -450,6 +453,7 @@ class Packer {
       report(false);
     }
     while (!inflight.empty()) commit_one(inflight, plan);
+    for (auto &h : hashing) h.get();
     if (done != size) throw Error(path + ": file shrank while it was being packed");
 
     if (size == 0) kind = detect_kind(n.rel, {});
@@ -459,7 +463,7 @@ class Packer {
     e.kind = kind;
     meta["kind"] = format::kind_name(kind);
     meta["size"] = size;
-    meta["sha256"] = to_hex(whole.finish());
+    meta["sha256"] = to_hex(whole->finish());
     ++result_.files;
     ++progress_.files_done;
     result_.raw_bytes += size;
@@ -606,6 +610,7 @@ class Packer {
   const std::uint32_t chunk_size_;
   const std::optional<std::time_t> epoch_ = source_date_epoch();
   ThreadPool pool_;
+  ThreadPool hasher_{1};  // one thread: whole-file digests take chunks in order
   std::vector<Node> nodes_;
   std::vector<format::InodeEntry> inodes_;
   std::vector<format::ChunkEntry> chunks_;
