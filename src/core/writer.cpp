@@ -348,6 +348,7 @@ class Packer {
       if (S_ISDIR(n.st.st_mode)) ++result_.directories;
       if (S_ISLNK(n.st.st_mode)) ++result_.symlinks;
     }
+    while (!inflight_.empty()) commit_one();
     report(true);
     if (result_.filtered_chunks) {
       // Readers that do not know filters must refuse this package: declare them in the header.
@@ -414,16 +415,15 @@ class Packer {
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
     auto &meta = new_file_entry(n.rel);
-    const std::uint64_t first_chunk = chunks_.size();
+    const std::uint64_t first_chunk = submitted_;  // chunks commit in submission order
     // The whole-file digest is one serial SHA-256 per file: on its own thread it overlaps with
     // reading and encoding instead of holding up the thread that feeds the encoders.
     auto whole = std::make_shared<Sha256>();
     std::deque<std::future<void>> hashing;
-    std::deque<std::future<Encoded>> inflight;
     const std::size_t window = 2 * pool_.size() + 2;  // bounds memory at window * 3 chunks
     std::uint64_t done = 0;
     format::FileKind kind = format::FileKind::kOther;
-    FilterPlan plan;
+    auto plan = std::make_shared<FilterPlan>();
     bool try_plain = true;
     std::vector<FilterTry> tries;
     for (;;) {
@@ -439,23 +439,30 @@ class Packer {
         kind = detect_kind(n.rel, *raw);
         auto ranges = summarise_safetensors(fd.get(), path, size, *raw, meta);
         const bool sample = ranges.empty() && sample_for_filters(n.rel);
-        if (opts_.filters && (sample || !ranges.empty())) plan = FilterPlan(std::move(ranges), sample);
+        if (opts_.filters && (sample || !ranges.empty())) *plan = FilterPlan(std::move(ranges), sample);
       }
-      hashing.push_back(hasher_.submit([whole, raw] { whole->update(*raw); }));
-      while (hashing.size() >= window) hashing.front().get(), hashing.pop_front();
+      if (size <= chunk_size_) {
+        whole->update(*raw);  // one chunk: a round trip to the hasher would hold up the next file
+      } else {
+        hashing.push_back(hasher_.submit([whole, raw] { whole->update(*raw); }));
+        while (hashing.size() >= window) hashing.front().get(), hashing.pop_front();
+      }
       if (opts_.filters) {
-        while (plan.waiting(done, got) && !inflight.empty()) commit_one(inflight, plan);
-        plan.choose(done, got, try_plain, tries);
+        while (plan->waiting(done, got) && !inflight_.empty()) commit_one();
+        plan->choose(done, got, try_plain, tries);
       }
       done += got;
       if (done > size) throw Error(path + ": file grew while it was being packed");
-      inflight.push_back(pool_.submit(
-          [raw, level = opts_.level, try_plain, tries] { return encode_chunk(*raw, level, try_plain, tries); }));
-      while (inflight.size() >= window) commit_one(inflight, plan);
+      inflight_.push_back({pool_.submit([raw, level = opts_.level, try_plain, tries] {
+                             return encode_chunk(*raw, level, try_plain, tries);
+                           }),
+                           plan});
+      ++submitted_;
+      while (inflight_.size() >= window) commit_one();
       progress_.bytes_done += got;
       report(false);
     }
-    while (!inflight.empty()) commit_one(inflight, plan);
+    // No wait for this file's chunks: small files pipeline through the encoders one after another.
     for (auto &h : hashing) h.get();
     if (done != size) throw Error(path + ": file shrank while it was being packed");
 
@@ -481,10 +488,11 @@ class Packer {
     return entries.back().second;
   }
 
-  void commit_one(std::deque<std::future<Encoded>> &inflight, FilterPlan &plan) {
-    Encoded enc = inflight.front().get();
-    inflight.pop_front();
-    plan.learn(enc);
+  void commit_one() {
+    Encoded enc = inflight_.front().encoded.get();
+    const auto plan = std::move(inflight_.front().plan);
+    inflight_.pop_front();
+    plan->learn(enc);
     format::ChunkEntry c;
     c.codec = enc.codec;
     c.filter = enc.filter;
@@ -622,6 +630,13 @@ class Packer {
   const std::uint32_t chunk_size_;
   const std::optional<std::time_t> epoch_ = source_date_epoch();
   ThreadPool pool_;
+  // Chunks handed to the encoders and not yet written, across files, in submission order.
+  struct InFlight {
+    std::future<Encoded> encoded;
+    std::shared_ptr<FilterPlan> plan;  // of the chunk's file: learns from trial results
+  };
+  std::deque<InFlight> inflight_;
+  std::uint64_t submitted_ = 0;
   ThreadPool hasher_{1};  // one thread: whole-file digests take chunks in order
   std::vector<Node> nodes_;
   std::vector<format::InodeEntry> inodes_;
