@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 
 namespace torshpkg {
@@ -19,6 +20,24 @@ class Reader;
 // it names a directory. An absolute name, an empty, "." or ".." component, a backslash or a
 // component the package format cannot hold throws FormatError naming the entry and `zip_path`.
 [[nodiscard]] std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path, std::string_view name);
+
+// The tree rule for an untrusted archive's entries, shared by import and direct mounting: each
+// name appears once; a name may also be the parent directory of other entries only if it is a
+// directory; nothing lies under a file. claim() throws FormatError naming the entry and `zip_path`.
+class ZipTreeClaims {
+ public:
+  explicit ZipTreeClaims(std::string zip_path) : zip_path_(std::move(zip_path)) {}
+  // `path` as checked_zip_entry_path returns it.
+  void claim(const std::string &path, bool is_directory);
+
+ private:
+  struct Seen {
+    bool directory = true;
+    bool named = false;  // an entry of its own, not only a parent of others
+  };
+  std::string zip_path_;
+  std::unordered_map<std::string, Seen> seen_;
+};
 
 using ByteProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 

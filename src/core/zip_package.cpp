@@ -260,6 +260,20 @@ std::pair<std::string, bool> checked_zip_entry_path(const std::string &zip_path,
   return {std::string(name), dir};
 }
 
+void ZipTreeClaims::claim(const std::string &path, bool is_directory) {
+  auto refuse = [&](const char *why) {
+    return FormatError(fmt::format("{}: entry '{}' {}; refusing the archive", zip_path_, path, why));
+  };
+  for (auto slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+    if (!seen_.try_emplace(path.substr(0, slash)).first->second.directory) throw refuse("lies under a file");
+  }
+  const auto [it, fresh] = seen_.try_emplace(path, Seen{is_directory, true});
+  if (fresh) return;
+  if (it->second.named) throw refuse("appears twice");
+  if (!is_directory) throw refuse("is both a file and a directory");
+  it->second.named = true;  // a directory that earlier entries implied, now listed itself
+}
+
 // Loads the chunks of a zip-backed package; shared by every reader thread.
 class ZipChunkSource {
  public:
@@ -503,6 +517,9 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
   auto refuse = [&](const std::string &name, const char *why) {
     return FormatError(fmt::format("{}: entry '{}' {}; refusing the archive", path, name, why));
   };
+  ZipTreeClaims claims(path);
+  for (const auto &e : entries) claims.claim(e.path, e.type == ZipEntry::Type::kDirectory);
+  // The claims hold: every name once, parents are directories. Build the tree.
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const auto &e = entries[i];
     std::size_t cur = 0;
@@ -521,15 +538,10 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
       }
       const std::size_t child = it->second;
       if (last) {
-        auto &n = nodes[child];
-        const bool both_dirs = n.type == ZipEntry::Type::kDirectory && e.type == ZipEntry::Type::kDirectory;
-        if (!fresh && (!both_dirs || n.entry))
-          throw refuse(e.path, "appears twice (or as both a file and a directory)");
-        n.type = e.type;
-        n.entry = i;
+        nodes[child].type = e.type;
+        nodes[child].entry = i;
         break;
       }
-      if (nodes[child].type != ZipEntry::Type::kDirectory) throw refuse(e.path, "lies under a file");
       cur = child;
       from = slash + 1;
     }

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <set>
 #include <vector>
@@ -46,14 +45,7 @@ std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
   const zip_int64_t n = zip_get_num_entries(za, 0);
   if (n < 0) throw FormatError(zip_path + ": cannot count the archive's entries");
   std::vector<PlannedEntry> plan;
-  std::map<std::string, PlannedEntry::Type> seen;  // path -> what it is, explicit or implied
-  auto claim = [&](const std::string &path, PlannedEntry::Type t) {
-    const auto [it, fresh] = seen.emplace(path, t);
-    // A directory may be named again (explicitly, or as the parent of other entries); nothing else.
-    if (fresh || (it->second == PlannedEntry::Type::kDirectory && t == PlannedEntry::Type::kDirectory)) return;
-    throw FormatError(fmt::format(
-        "{}: entry '{}' appears twice (or as both a file and a directory); refusing the archive", zip_path, path));
-  };
+  ZipTreeClaims claims(zip_path);
   for (zip_int64_t i = 0; i < n; ++i) {
     zip_stat_t st;
     zip_stat_init(&st);
@@ -79,10 +71,7 @@ std::vector<PlannedEntry> plan_import(zip_t *za, const std::string &zip_path) {
     if (e.type == PlannedEntry::Type::kDirectory && !(e.perm & 0100)) e.perm = 0755;
     if (e.type == PlannedEntry::Type::kSymlink && e.size > 4095)
       throw FormatError(fmt::format("{}: symlink entry '{}' has a {}-byte target", zip_path, path, e.size));
-    // Every parent is a directory, whether or not the archive lists it.
-    for (auto slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1))
-      claim(path.substr(0, slash), PlannedEntry::Type::kDirectory);
-    claim(path, e.type);
+    claims.claim(path, e.type == PlannedEntry::Type::kDirectory);
     plan.push_back(std::move(e));
   }
   return plan;

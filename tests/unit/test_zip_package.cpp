@@ -11,6 +11,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/reader.hpp"
+#include "torshpkg/zipio.hpp"
 
 using namespace torshpkg;
 using th::Bytes;
@@ -221,10 +222,43 @@ TEST_CASE("open_zip: hostile central directories are FormatErrors") {
     b.add({name, th::bytes_of("x"), false, 0});
     CHECK(outcome(b) == th::Outcome::kFormatError);
   }
+  SUBCASE("one directory entry twice") {
+    ZipBuilder b;
+    b.add({"d/", {}, false, 0}).add({"d/", {}, false, 0});
+    CHECK(outcome(b) == th::Outcome::kFormatError);
+  }
   SUBCASE("a file and a directory of one name") {
     ZipBuilder b;
     b.add({"x", th::bytes_of("1"), false, 0}).add({"x/y", th::bytes_of("2"), false, 0});
     CHECK(outcome(b) == th::Outcome::kFormatError);
+  }
+}
+
+TEST_CASE("ZipTreeClaims: one rule for import and direct mounting") {
+  auto accepts = [](std::initializer_list<std::pair<const char *, bool>> names) {
+    ZipTreeClaims claims("t.zip");
+    try {
+      for (const auto &[name, dir] : names) claims.claim(name, dir);
+      return true;
+    } catch (const FormatError &) {
+      return false;
+    }
+  };
+  CHECK(accepts({{"a", true}, {"a/b", false}, {"a/c", true}, {"a/c/d", false}, {"e", false}}));
+  CHECK(accepts({{"a/b", false}, {"a", true}}));       // a directory listed after its contents
+  CHECK(accepts({{"a/b/c", false}, {"a/b/d", false}}));  // implied twice
+  CHECK_FALSE(accepts({{"a", false}, {"a", false}}));    // the same file twice
+  CHECK_FALSE(accepts({{"a", true}, {"a", true}}));      // the same directory entry twice
+  CHECK_FALSE(accepts({{"a", false}, {"a/b", false}}));  // under a file
+  CHECK_FALSE(accepts({{"a/b", false}, {"a", false}}));  // a file where a directory is implied
+  CHECK_FALSE(accepts({{"a/b", false}, {"a/b/c", true}}));
+  ZipTreeClaims claims("t.zip");
+  claims.claim("x", false);
+  try {
+    claims.claim("x/y", false);
+    FAIL("accepted an entry under a file");
+  } catch (const FormatError &e) {
+    CHECK(std::string(e.what()).find("t.zip: entry 'x/y' lies under a file") != std::string::npos);
   }
 }
 
