@@ -25,10 +25,12 @@ class ChunkEncoder {
   // Filtered planes are coded as Huffman literals without LZ matches, whatever the level: on float
   // planes matches cost more bits than they save, so this packs smaller than every zstd level
   // tried (1 to 19) and compresses and decodes about twice as fast as level 1 (docs/PERFORMANCE.md).
-  // A chunk whose planes shrink below 1/kRedundantBelow (zeros, repeats) also tries LZ and keeps
-  // the smaller: at level kFilteredLevel when the requested one is at most kFilteredLevelUpTo,
+  // A chunk whose planes shrink below 1/kRedundantBelow (zeros, repeats), or whose planes are
+  // smaller than a zstd block (they then share one Huffman table), also tries LZ and keeps the
+  // smaller: at level kFilteredLevel when the requested one is at most kFilteredLevelUpTo,
   // else at the requested level.
   static constexpr unsigned kRedundantBelow = 4;
+  static constexpr std::size_t kZstdBlock = 128 * 1024;  // ZSTD_BLOCKSIZE_MAX: one Huffman table each
   static constexpr int kFilteredLevel = 1, kFilteredLevelUpTo = 9;
 
  private:

@@ -58,8 +58,11 @@ std::size_t ChunkEncoder::encode_filtered(format::Filter f, unsigned phase, std:
   apply_filter(f, phase, raw, filtered_);
   const std::size_t n = compress(filtered_cctx_.get(), filtered_, out);
   // Entropy coding alone cannot go below about 1 bit per byte: zeros, padding and repeated values
-  // need LZ matches. Only such redundant planes pay for a second try.
-  if (!literals_only_ || n * kRedundantBelow >= filtered_.size()) return n;
+  // need LZ matches. And zstd keeps one Huffman table per block of up to 128 KiB: planes smaller
+  // than that (small chunks, file tails) share a table, which LZ level 1 then often beats. Only
+  // such chunks pay for a second try.
+  const bool small_planes = raw.size() / filter_width(f) < kZstdBlock;
+  if (!literals_only_ || (n * kRedundantBelow >= filtered_.size() && !small_planes)) return n;
   if (compress(filtered_lz_cctx_.get(), filtered_, lz_out_) >= n) return n;
   out.swap(lz_out_);
   return out.size();

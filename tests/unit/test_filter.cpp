@@ -237,18 +237,19 @@ TEST_CASE("the packer filters float safetensors, declares it, and reads back exa
 
 TEST_CASE("weights that LZ compresses better than planes fall back to plain zstd") {
   // A repeating ramp: its planes have high byte entropy, so literals-only coding loses to plain
-  // zstd's matches; the packer's trials must notice and stop filtering that dtype.
+  // zstd's matches; the packer's trials must notice and stop filtering that dtype. 1 MiB chunks:
+  // planes of at least a zstd block take the literals-only path (smaller ones also try LZ).
   th::TempDir dir;
   const auto src = dir / "src";
   fs::create_directories(src);
-  const auto ramp = safetensors_file("BF16", 2, 400'000, 101, true);
+  const auto ramp = safetensors_file("BF16", 2, 2'500'000, 101, true);
   th::write_file(src / "ramp.safetensors", ramp);
   auto packed = [&](bool filters) {
     PackOptions o;
     o.source_dir = src.string();
     o.output = (dir / (filters ? "f.tpkg" : "n.tpkg")).string();
     o.name = "ramp";
-    o.chunk_shift = 16;
+    o.chunk_shift = 20;
     o.threads = 2;
     o.filters = filters;
     const auto r = pack(o);
