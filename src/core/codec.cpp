@@ -1,7 +1,7 @@
 #include "torshpkg/codec.hpp"
 
 // ZSTD_c_literalCompressionMode is in zstd's experimental section (stable since 1.4.5). Setting it
-// is checked at run time: a libzstd that refuses it gets the LZ settings instead.
+// is checked at run time: with a libzstd that refuses it, filtered planes use the LZ context alone.
 #define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
@@ -33,11 +33,6 @@ ChunkEncoder::ChunkEncoder(int level)
   literals_only_ =
       !ZSTD_isError(ZSTD_CCtx_setParameter(filtered_cctx_.get(), ZSTD_c_compressionLevel, ZSTD_minCLevel())) &&
       !ZSTD_isError(ZSTD_CCtx_setParameter(filtered_cctx_.get(), ZSTD_c_literalCompressionMode, ZSTD_ps_enable));
-  if (!literals_only_) {
-    ZSTD_CCtx_reset(filtered_cctx_.get(), ZSTD_reset_parameters);
-    ZSTD_CCtx_setParameter(filtered_cctx_.get(), ZSTD_c_compressionLevel,
-                           level_ <= kFilteredLevelUpTo ? std::min(level_, kFilteredLevel) : level_);
-  }
   // The index records sizes and digests; frames need no checksum of their own.
   for (auto *c : {cctx_.get(), filtered_cctx_.get(), filtered_lz_cctx_.get()})
     ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 0);
@@ -56,13 +51,14 @@ std::size_t ChunkEncoder::encode_filtered(format::Filter f, unsigned phase, std:
                                           std::vector<std::uint8_t> &out) {
   filtered_.resize(raw.size() + 1);
   apply_filter(f, phase, raw, filtered_);
+  if (!literals_only_) return compress(filtered_lz_cctx_.get(), filtered_, out);
   const std::size_t n = compress(filtered_cctx_.get(), filtered_, out);
   // Entropy coding alone cannot go below about 1 bit per byte: zeros, padding and repeated values
   // need LZ matches. And zstd keeps one Huffman table per block of up to 128 KiB: planes smaller
   // than that (small chunks, file tails) share a table, which LZ level 1 then often beats. Only
   // such chunks pay for a second try.
   const bool small_planes = raw.size() / filter_width(f) < kZstdBlock;
-  if (!literals_only_ || (n * kRedundantBelow >= filtered_.size() && !small_planes)) return n;
+  if (n * kRedundantBelow >= filtered_.size() && !small_planes) return n;
   if (compress(filtered_lz_cctx_.get(), filtered_, lz_out_) >= n) return n;
   out.swap(lz_out_);
   return out.size();
