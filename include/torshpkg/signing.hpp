@@ -20,7 +20,6 @@ struct evp_pkey_st;
 
 namespace torshpkg {
 
-class Package;
 
 namespace sigblock {
 inline constexpr std::array<std::uint8_t, 8> kMagic = {'T', 'P', 'K', 'G', 'S', 'I', 'G', 0x00};
@@ -112,27 +111,6 @@ class TrustStore {
 };
 
 
-struct SignatureCheck {
-  enum class State { kValid, kInvalid, kUntrusted };  // kUntrusted: the key is not in the store
-  SignatureEntry entry;
-  State state = State::kUntrusted;
-  std::string key_source;  // file of the trusted key, when found
-};
-[[nodiscard]] std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStore &trust);
-
-// The policy, in one place for the driver and the CLI. Throws IntegrityError when a trusted key's
-// signature does not verify (the package changed after signing), and TrustError when no trusted
-// key signed it, unless `allow_untrusted`.
-struct TrustDecision {
-  bool trusted = false;  // a trusted key's signature verified
-  std::string summary;   // "signed by trusted key ...", "not signed", "signed only by untrusted key ..."
-};
-TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted);
-
-// Adds (or replaces, for the same key) a signature in an existing package, rewriting only the
-// signature block and the footer at the tail of the file; chunk data and index are not touched.
-// `output`: write a signed copy there instead of changing `path` in place.
-void sign_package(const std::string &path, const PrivateKey &key, const std::string &output = {});
 // Bytes of the signature block to write after the manifest for these keys (the packer's --sign).
 [[nodiscard]] std::vector<std::uint8_t> signature_block_for(const Digest &root, std::span<const PrivateKey> keys);
 

@@ -10,7 +10,8 @@
 
 #include "torshpkg/digest.hpp"
 #include "torshpkg/format.hpp"
-#include "torshpkg/manifest.hpp"
+#include "torshpkg/safetensors.hpp"
+#include "torshpkg/semver.hpp"
 #include "torshpkg/signing.hpp"
 
 namespace torshpkg {
@@ -51,5 +52,10 @@ struct PackResult {
 };
 
 PackResult pack(const PackOptions &opts);
+
+// Adds (or replaces, for the same key) a signature in an existing package, rewriting only the
+// signature block and the footer at the tail of the file; chunk data and index are not touched.
+// `output`: write a signed copy there instead of changing `path` in place.
+void sign_package(const std::string &path, const PrivateKey &key, const std::string &output = {});
 
 }  // namespace torshpkg

@@ -7,6 +7,7 @@
 
 #include "torshpkg/package.hpp"
 #include "torshpkg/signing.hpp"
+#include "torshpkg/trust_policy.hpp"
 
 namespace torshpkg::cli {
 

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "cli.hpp"
+#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/filter.hpp"

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/writer.hpp"
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg::cli {

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "cli.hpp"
+#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/pool.hpp"
 

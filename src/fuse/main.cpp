@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "fs.hpp"
+#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/version.hpp"
 #include "torshpkg/zipio.hpp"

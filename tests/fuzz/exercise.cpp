@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"

@@ -7,7 +7,9 @@
 #include "helpers.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
-#include "torshpkg/manifest.hpp"
+#include "torshpkg/file_kinds.hpp"
+#include "torshpkg/safetensors.hpp"
+#include "torshpkg/semver.hpp"
 
 using namespace torshpkg;
 using format::FileKind;

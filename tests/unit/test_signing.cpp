@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "helpers.hpp"
+#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"

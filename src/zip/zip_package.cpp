@@ -27,7 +27,7 @@
 
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
-#include "torshpkg/manifest.hpp"
+#include "torshpkg/file_kinds.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/zipio.hpp"

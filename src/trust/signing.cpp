@@ -15,7 +15,6 @@
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
-#include "torshpkg/package.hpp"
 
 namespace torshpkg {
 
@@ -315,41 +314,6 @@ const PublicKey *TrustStore::find(const KeyId &id) const noexcept {
   return nullptr;
 }
 
-std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStore &trust) {
-  std::vector<SignatureCheck> out;
-  for (const auto &s : pkg.signatures()) {
-    SignatureCheck c{s, SignatureCheck::State::kUntrusted, {}};
-    if (const auto *key = trust.find(s.key_id)) {
-      c.key_source = key->source();
-      c.state = key->verifies(pkg.root_digest(), s.signature) ? SignatureCheck::State::kValid
-                                                               : SignatureCheck::State::kInvalid;
-    }
-    out.push_back(std::move(c));
-  }
-  return out;
-}
-
-TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted) {
-  std::vector<std::string> valid, untrusted;
-  for (const auto &c : checks) {
-    const auto id = key_id_short(c.entry.key_id);
-    switch (c.state) {
-      case SignatureCheck::State::kInvalid:
-        throw IntegrityError(fmt::format("{}: the signature by trusted key {} ({}) does not verify: the package was "
-                                         "changed after it was signed",
-                                         pkg.path(), id, c.key_source));
-      case SignatureCheck::State::kValid: valid.push_back(fmt::format("{} ({})", id, c.key_source)); break;
-      case SignatureCheck::State::kUntrusted: untrusted.push_back(id); break;
-    }
-  }
-  if (!valid.empty()) return {true, fmt::format("signed by trusted key {}", fmt::join(valid, ", "))};
-  const std::string why = checks.empty() ? "not signed"
-                                         : fmt::format("signed only by untrusted key{} {}", untrusted.size() > 1 ? "s" : "",
-                                                       fmt::join(untrusted, ", "));
-  if (!allow_untrusted) throw TrustError(fmt::format("{} is {}", pkg.path(), why));
-  return {false, why};
-}
-
 std::vector<std::uint8_t> signature_block_for(const Digest &root, std::span<const PrivateKey> keys) {
   std::vector<SignatureEntry> entries;
   for (const auto &k : keys) {
@@ -358,47 +322,6 @@ std::vector<std::uint8_t> signature_block_for(const Digest &root, std::span<cons
     if (!dup) entries.push_back(e);
   }
   return encode_signature_block(entries);
-}
-
-void sign_package(const std::string &path, const PrivateKey &key, const std::string &output) {
-  const auto pkg = Package::open(path);  // the root must check out before we vouch for it
-  std::vector<SignatureEntry> entries = pkg->signatures();
-  const auto entry = key.sign(pkg->root_digest());
-  const auto same = std::find_if(entries.begin(), entries.end(), [&](const auto &e) { return e.key_id == entry.key_id; });
-  if (same != entries.end()) *same = entry;
-  else entries.push_back(entry);
-  const auto block = encode_signature_block(entries);
-
-  format::Footer f = pkg->footer();
-  const std::uint64_t manifest_end = pkg->manifest_end();
-  f.signature_offset = manifest_end;
-  f.signature_size = block.size();
-  std::vector<std::uint8_t> tail(block);
-  tail.resize(block.size() + format::kFooterSize);
-  format::encode(f, std::span(tail).last<format::kFooterSize>());
-
-  if (output.empty()) {
-    // In place: only the tail (at most a few KiB) is rewritten, then the file is cut to size.
-    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd) throw_errno("open for writing", path);
-    if (::pwrite(fd.get(), tail.data(), tail.size(), static_cast<off_t>(manifest_end)) != static_cast<ssize_t>(tail.size()))
-      throw_errno("write", path);
-    if (::ftruncate(fd.get(), static_cast<off_t>(manifest_end + tail.size())) != 0) throw_errno("truncate", path);
-    if (::fsync(fd.get()) != 0) throw_errno("fsync", path);
-    return;
-  }
-  // A signed copy: the unchanged prefix, then the new tail, written under a temporary name.
-  const auto src = open_read(path);
-  TempOutput out(output);
-  loff_t in_off = 0;
-  while (static_cast<std::uint64_t>(in_off) < manifest_end) {
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(manifest_end - static_cast<std::uint64_t>(in_off), 1u << 30));
-    const ssize_t n = ::copy_file_range(src.get(), &in_off, out.fd(), nullptr, want, 0);
-    if (n < 0) throw_errno("copy", path);
-    if (n == 0) throw FormatError(path + ": file shrank while copying");
-  }
-  write_all(out.fd(), tail, out.temp_path());
-  out.commit();
 }
 
 }  // namespace torshpkg

@@ -20,10 +20,13 @@
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
-#include "torshpkg/manifest.hpp"
+#include "torshpkg/file_kinds.hpp"
+#include "torshpkg/file_kinds.hpp"
+#include "torshpkg/safetensors.hpp"
+#include "torshpkg/semver.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/pickle_scan.hpp"
-#include "libzip.hpp"
+#include "torshpkg/libzip.hpp"
 
 namespace torshpkg {
 
@@ -409,20 +412,15 @@ void scan_pickle_zip(const TreeEntry &e, PickleFile &out) {
 
 enum class PickleKind { kNone, kPlain, kLegacyTorch, kZip };
 
-// Which files are pickles: .pkl/.pickle (and .joblib that starts with PROTO), and .bin/.pt/.pth/.ckpt
-// that start with PROTO (legacy torch.save); any of them that is a zip is scanned member by member.
+// Which files are pickles: file_kinds.hpp's pickle_hint, then the first bytes.
 PickleKind pickle_kind(const TreeEntry &e) {
-  const std::string name = lower(base_of(e.path));
-  const auto dot = name.rfind('.');
-  const std::string_view ext = dot == std::string::npos ? std::string_view{} : std::string_view(name).substr(dot);
-  const bool plain = ext == ".pkl" || ext == ".pickle";
-  const bool sniff = ext == ".joblib" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".ckpt";
-  if (!plain && !sniff) return PickleKind::kNone;
+  const auto hint = pickle_hint(e.path);
+  if (hint == PickleHint::kNo) return PickleKind::kNone;
   const auto head = read_head(e, 4);
   if (head.size() == 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4) return PickleKind::kZip;
-  if (plain) return PickleKind::kPlain;
+  if (hint == PickleHint::kYes) return PickleKind::kPlain;
   if (!looks_like_protocol_pickle(head)) return PickleKind::kNone;
-  return ext == ".joblib" ? PickleKind::kPlain : PickleKind::kLegacyTorch;
+  return hint == PickleHint::kIfMagic ? PickleKind::kPlain : PickleKind::kLegacyTorch;
 }
 
 // `data_files`: ONNX external data, raw tensors that only look like a pickle by chance.

@@ -21,6 +21,7 @@
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
+#include "torshpkg/file_kinds.hpp"
 #include "torshpkg/filter.hpp"
 #include "torshpkg/model_formats.hpp"
 #include "torshpkg/names.hpp"
@@ -293,13 +294,6 @@ class FilterPlan {
   format::Filter sample_choice_ = format::Filter::kNone;
 };
 
-bool sample_for_filters(std::string_view rel) {
-  for (std::string_view ext :
-       {".bin", ".pt", ".pth", ".ckpt", ".onnx_data", ".npy", ".data", ".h5", ".msgpack", ".gguf"})
-    if (rel.size() > ext.size() && rel.substr(rel.size() - ext.size()) == ext) return true;
-  return false;
-}
-
 std::string iso8601_utc(std::time_t t) {
   std::tm tm{};
   ::gmtime_r(&t, &tm);
@@ -438,7 +432,7 @@ class Packer {
       if (done == 0) {
         kind = detect_kind(n.rel, *raw);
         auto ranges = summarise_safetensors(fd.get(), path, size, *raw, meta);
-        const bool sample = ranges.empty() && sample_for_filters(n.rel);
+        const bool sample = ranges.empty() && weights_without_tensor_index(n.rel);
         if (opts_.filters && (sample || !ranges.empty())) *plan = FilterPlan(std::move(ranges), sample);
       }
       if (size <= chunk_size_) {

@@ -14,7 +14,7 @@
 #include <set>
 #include <vector>
 
-#include "libzip.hpp"
+#include "torshpkg/libzip.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
