@@ -36,6 +36,10 @@ except ImportError:  # e.g. a pyenv python3 first on PATH without numpy: fall ba
             os.execv(alt, [alt, os.path.abspath(__file__)] + sys.argv[1:])
     sys.exit("gen-model.py: needs numpy (apt-get install python3-numpy)")
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
+import torshpkg_sizes  # noqa: E402  (scripts/torshpkg_sizes.py)
+
 DTYPES = {"bf16": ("BF16", 2), "fp16": ("F16", 2), "fp32": ("F32", 4)}
 BLOCK_ELEMS = 1 << 22  # values generated per block (16 MiB of float32 scratch)
 SHAPES = ("normal", "heavy", "quantized")
@@ -45,22 +49,8 @@ QUANT_BLOCK = 128  # elements per absmax scale of --shape quantized; divides BLO
 
 
 def parse_size(s: str) -> int:
-    t = s.strip().upper()
-    for suffix in ("IB", "B"):
-        if t.endswith(suffix) and len(t) > len(suffix) and t[-len(suffix) - 1] in "KMGT":
-            t = t[: -len(suffix)]
-            break
-    mult = 1
-    if t and t[-1] in "KMGT":
-        mult = 1024 ** ("KMGT".index(t[-1]) + 1)
-        t = t[:-1]
-    try:
-        v = float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 1G, 64M, 512K)")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"bad size {s!r}")
-    return int(v * mult)
+    """--weights-size: unlike the benchmarks, it takes 0 (then the smallest model plan_model makes)."""
+    return torshpkg_sizes.parse_size(s, allow_zero=True, examples="1G, 64M, 512K")
 
 
 # ---------------------------------------------------------------------------------------------

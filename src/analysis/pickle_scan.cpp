@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "torshpkg/endian.hpp"
+#include "torshpkg/hex.hpp"
 
 namespace torshpkg {
 
@@ -25,13 +26,6 @@ struct ImportHash {
     return std::hash<std::string>()(i.module) * 31 + std::hash<std::string>()(i.name);
   }
 };
-
-int hex_value(std::uint8_t c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 void append_utf8(std::string &out, std::uint32_t cp) {
   if (cp < 0x80) {
@@ -76,8 +70,8 @@ std::string escape_decode(std::span<const std::uint8_t> s) {
       case 't': out += '\t'; break;
       case 'v': out += '\v'; break;
       case 'x': {
-        const int hi = i + 1 < s.size() ? hex_value(s[i + 1]) : -1;
-        const int lo = i + 2 < s.size() ? hex_value(s[i + 2]) : -1;
+        const int hi = i + 1 < s.size() ? hex_digit_value(s[i + 1]) : -1;
+        const int lo = i + 2 < s.size() ? hex_digit_value(s[i + 2]) : -1;
         if (hi < 0 || lo < 0) throw FormatError("pickle STRING has an invalid \\x escape");
         out += static_cast<char>(hi * 16 + lo);
         i += 2;
@@ -118,7 +112,7 @@ std::string raw_unicode_escape_decode(std::span<const std::uint8_t> s) {
     if (s.size() - i < digits) throw FormatError("pickle UNICODE has a truncated \\u escape");
     std::uint32_t cp = 0;
     for (std::size_t k = 0; k < digits; ++k) {
-      const int h = hex_value(s[i + k]);
+      const int h = hex_digit_value(s[i + k]);
       if (h < 0) throw FormatError("pickle UNICODE has a truncated \\u escape");
       cp = cp * 16 + static_cast<std::uint32_t>(h);
     }

@@ -1,28 +1,19 @@
-// The torshpkg command: one file per subcommand, errors mapped to exit codes in main.cpp.
+// The torshpkg command: one file per subcommand; main.cpp maps errors to exit codes (exit_codes.hpp).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>
 #include <string>
 #include <string_view>
 
+#include "torshpkg/exit_codes.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/signing.hpp"
 #include "torshpkg/trust_policy.hpp"
 
 namespace torshpkg::cli {
 
-// Documented in man/torshpkg.1; keep both in step.
-enum ExitCode : int {
-  kOk = 0,
-  kFailure = 1,     // anything else
-  kUsage = 2,       // bad command line
-  kIo = 3,          // the OS refused a read or write
-  kFormat = 4,      // not a package, malformed, or an unsupported version or feature
-  kIntegrity = 5,   // bytes fail their digests: the package is damaged
-  kNotFound = 6,    // a path is not in the package
-  kUntrusted = 7,   // no signature from a trusted key, where one was required
-  kInterrupted = 130,
-};
+// kOk, kUsage, kIntegrity, ...: the exit codes shared with mount.torshpkg (torshpkg/exit_codes.hpp).
+using enum ExitCode;
 
 using Action = std::function<int()>;
 // Each subcommand registers itself and sets `action` when chosen.

@@ -1,17 +1,14 @@
 // Entry point of `torshpkg`: parse, run one subcommand, map its exception to an exit code.
-#include <unistd.h>
-
-#include <chrono>
-#include <cstdio>
-#include <fmt/format.h>
+#include <exception>
+#include <string>
 
 #include "cli.hpp"
-#include "torshpkg/errors.hpp"
+#include "torshpkg/exit_codes.hpp"
 #include "torshpkg/version.hpp"
 
 namespace torshpkg::cli {
 
-// The one place where exceptions become exit codes.
+// CLI11 reports its own parse errors; everything else goes through exit_code_for().
 static int run(int argc, char **argv) {
   CLI::App app{"torshpkg: pack, inspect and verify .tpkg model packages"};
   app.set_version_flag("--version", std::string("torshpkg ") + kVersion);
@@ -35,30 +32,8 @@ static int run(int argc, char **argv) {
   }
   try {
     return action();
-  } catch (const UsageError &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return kUsage;
-  } catch (const NotFoundError &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return kNotFound;
-  } catch (const TrustError &e) {
-    fmt::print(stderr, "torshpkg: untrusted package: {}\n", e.what());
-    return kUntrusted;
-  } catch (const IntegrityError &e) {
-    fmt::print(stderr, "torshpkg: damaged package: {}\n", e.what());
-    return kIntegrity;
-  } catch (const FormatError &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return kFormat;
-  } catch (const IoError &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return e.errnum == EPIPE ? kOk : kIo;
-  } catch (const Interrupted &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return kInterrupted;
-  } catch (const std::exception &e) {
-    fmt::print(stderr, "torshpkg: {}\n", e.what());
-    return kFailure;
+  } catch (...) {
+    return exit_code_for(std::current_exception(), Tool::kTorshpkg);
   }
 }
 

@@ -1,37 +1,41 @@
 #include "torshpkg/digest.hpp"
 
-#include <openssl/evp.h>
-
+#include "openssl.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/hex.hpp"
 
 namespace torshpkg {
 
 namespace {
 // OpenSSL 3 looks the algorithm up in a locked provider store on every implicit EVP_sha256() use;
-// fetching once avoids that lock on the hot path (one digest per chunk read).
+// fetching once avoids that lock on the hot path (one digest per chunk read). Never freed: contexts
+// in threads still running at exit may use it.
 const EVP_MD *sha256_md() {
   static EVP_MD *md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  if (!md) throw Error("OpenSSL: SHA-256 unavailable");
+  if (!md) throw InternalError("OpenSSL: SHA-256 unavailable");
   return md;
 }
 }  // namespace
 
-void Sha256::Free::operator()(evp_md_ctx_st *ctx) const noexcept { EVP_MD_CTX_free(ctx); }
+void Sha256::Free::operator()(evp_md_ctx_st *ctx) const noexcept { openssl::UniqueMdCtx::deleter_type{}(ctx); }
 
 Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1) throw Error("OpenSSL: cannot start SHA-256");
+  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1)
+    throw InternalError("OpenSSL: cannot start SHA-256");
 }
 
 void Sha256::update(std::span<const std::uint8_t> data) {
-  if (EVP_DigestUpdate(ctx_.get(), data.data(), data.size()) != 1) throw Error("OpenSSL: SHA-256 update failed");
+  if (EVP_DigestUpdate(ctx_.get(), data.data(), data.size()) != 1)
+    throw InternalError("OpenSSL: SHA-256 update failed");
 }
 
 Digest Sha256::finish() {
   Digest d{};
   unsigned len = 0;
-  if (EVP_DigestFinal_ex(ctx_.get(), d.data(), &len) != 1 || len != d.size()) throw Error("OpenSSL: SHA-256 failed");
+  if (EVP_DigestFinal_ex(ctx_.get(), d.data(), &len) != 1 || len != d.size())
+    throw InternalError("OpenSSL: SHA-256 failed");
   // Ready for the next message: EVP_DigestInit_ex with the same md reuses the context's state.
-  if (EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1) throw Error("OpenSSL: cannot restart SHA-256");
+  if (EVP_DigestInit_ex(ctx_.get(), sha256_md(), nullptr) != 1) throw InternalError("OpenSSL: cannot restart SHA-256");
   return d;
 }
 
@@ -54,15 +58,9 @@ std::string to_hex(std::span<const std::uint8_t> bytes) {
 
 std::optional<Digest> from_hex(std::string_view hex) {
   if (hex.size() != 2 * std::tuple_size_v<Digest>) return std::nullopt;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   Digest d{};
   for (std::size_t i = 0; i < d.size(); ++i) {
-    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    const int hi = hex_digit_value(hex[2 * i]), lo = hex_digit_value(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) return std::nullopt;
     d[i] = static_cast<std::uint8_t>(hi << 4 | lo);
   }

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <openssl/err.h>
-#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +11,7 @@
 #include <cstring>
 #include <fmt/format.h>
 
+#include "openssl.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
@@ -19,6 +19,10 @@
 namespace torshpkg {
 
 namespace {
+
+using openssl::UniqueBio;
+using openssl::UniqueMdCtx;
+using openssl::UniquePkey;
 
 // The newest OpenSSL error as text, and the queue cleared, for messages that name the cause.
 std::string openssl_error() {
@@ -28,19 +32,6 @@ std::string openssl_error() {
   char buf[256];
   ERR_error_string_n(e, buf, sizeof buf);
   return buf;
-}
-
-struct BioFree {
-  void operator()(BIO *b) const noexcept { BIO_free(b); }
-};
-using UniqueBio = std::unique_ptr<BIO, BioFree>;
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX *c) const noexcept { EVP_MD_CTX_free(c); }
-};
-using UniqueMdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
-
-std::shared_ptr<EVP_PKEY> own(EVP_PKEY *k) {
-  return std::shared_ptr<EVP_PKEY>(k, [](EVP_PKEY *p) { EVP_PKEY_free(p); });
 }
 
 std::string bio_text(BIO *bio) {
@@ -90,7 +81,7 @@ int passphrase_callback(char *buf, int size, int /*rwflag*/, void *u) {
   return static_cast<int>(std::strlen(buf));
 }
 
-bool is_ed25519(EVP_PKEY *k) { return EVP_PKEY_get_id(k) == EVP_PKEY_ED25519; }
+bool is_ed25519(const UniquePkey &k) { return EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519; }
 
 }  // namespace
 
@@ -147,29 +138,26 @@ std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry>
 
 // ---- keys ----
 
-void PublicKey::Free::operator()(evp_pkey_st *k) const noexcept { EVP_PKEY_free(k); }
-
-PublicKey::PublicKey(evp_pkey_st *key, std::string source) : key_(own(key)), source_(std::move(source)) {
+// The constructors take ownership of `key`, also when they throw.
+PublicKey::PublicKey(evp_pkey_st *key, std::string source)
+    : key_(openssl::SharedPkey(UniquePkey(key))), source_(std::move(source)) {
   std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
   std::size_t len = raw.size();
   if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
-    throw Error("OpenSSL: cannot read the raw public key: " + openssl_error());
+    throw InternalError("OpenSSL: cannot read the raw public key: " + openssl_error());
   id_ = sha256(raw);
 }
 
 PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
   UniqueBio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) throw Error("OpenSSL: out of memory");
-  EVP_PKEY *k = PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
+  if (!bio) throw InternalError("OpenSSL: out of memory");
+  UniquePkey k(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
   if (!k) {
     ERR_clear_error();
     throw UsageError(fmt::format("{}: not a PEM public key", what));
   }
-  if (!is_ed25519(k)) {
-    EVP_PKEY_free(k);
-    throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", what));
-  }
-  return PublicKey(k, what);
+  if (!is_ed25519(k)) throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", what));
+  return PublicKey(k.release(), what);
 }
 
 PublicKey PublicKey::load(const std::string &path) { return from_pem(read_small_file(path, 64 << 10), path); }
@@ -178,7 +166,7 @@ bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signa
   if (signature.size() != kEd25519SignatureSize) return false;
   UniqueMdCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
-    throw Error("OpenSSL: cannot start a verification: " + openssl_error());
+    throw InternalError("OpenSSL: cannot start a verification: " + openssl_error());
   const auto msg = signed_message(root);
   const int ok = EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), msg.data(), msg.size());
   ERR_clear_error();
@@ -187,45 +175,43 @@ bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signa
 
 std::string PublicKey::pem() const {
   UniqueBio bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1) throw Error("OpenSSL: cannot write a public key: " + openssl_error());
+  if (!bio || PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1)
+    throw InternalError("OpenSSL: cannot write a public key: " + openssl_error());
   return bio_text(bio.get());
 }
 
-PrivateKey::PrivateKey(evp_pkey_st *key) : key_(own(key)) {}
+PrivateKey::PrivateKey(evp_pkey_st *key) : key_(openssl::SharedPkey(UniquePkey(key))) {}
 
 PrivateKey PrivateKey::generate() {
-  EVP_PKEY *k = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
-  if (!k) throw Error("OpenSSL: Ed25519 key generation failed: " + openssl_error());
-  return PrivateKey(k);
+  UniquePkey k(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  if (!k) throw InternalError("OpenSSL: Ed25519 key generation failed: " + openssl_error());
+  return PrivateKey(k.release());
 }
 
 PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase) {
   const std::string text = read_small_file(path, 64 << 10);
   UniqueBio bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
-  if (!bio) throw Error("OpenSSL: out of memory");
+  if (!bio) throw InternalError("OpenSSL: out of memory");
   PassphraseRequest req{&passphrase, &path};
-  EVP_PKEY *k = PEM_read_bio_PrivateKey(bio.get(), nullptr, passphrase_callback, &req);
+  UniquePkey k(PEM_read_bio_PrivateKey(bio.get(), nullptr, passphrase_callback, &req));
   if (!k) {
     ERR_clear_error();
     if (req.unanswered) throw UsageError(fmt::format("{}: the key is encrypted: give --passphrase-file", path));
     if (text.find("ENCRYPTED") != std::string::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
     throw UsageError(fmt::format("{}: not a PEM private key", path));
   }
-  if (!is_ed25519(k)) {
-    EVP_PKEY_free(k);
-    throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", path));
-  }
-  return PrivateKey(k);
+  if (!is_ed25519(k)) throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", path));
+  return PrivateKey(k.release());
 }
 
 PublicKey PrivateKey::public_key() const {
   std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
   std::size_t len = raw.size();
   if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
-    throw Error("OpenSSL: cannot read the public key: " + openssl_error());
-  EVP_PKEY *pub = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size());
-  if (!pub) throw Error("OpenSSL: cannot build the public key: " + openssl_error());
-  return PublicKey(pub, "private key");
+    throw InternalError("OpenSSL: cannot read the public key: " + openssl_error());
+  UniquePkey pub(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size()));
+  if (!pub) throw InternalError("OpenSSL: cannot build the public key: " + openssl_error());
+  return PublicKey(pub.release(), "private key");
 }
 
 SignatureEntry PrivateKey::sign(const Digest &root) const {
@@ -233,21 +219,21 @@ SignatureEntry PrivateKey::sign(const Digest &root) const {
   e.key_id = public_key().id();
   UniqueMdCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
-    throw Error("OpenSSL: cannot start signing: " + openssl_error());
+    throw InternalError("OpenSSL: cannot start signing: " + openssl_error());
   const auto msg = signed_message(root);
   std::size_t len = e.signature.size();
   if (EVP_DigestSign(ctx.get(), e.signature.data(), &len, msg.data(), msg.size()) != 1 || len != e.signature.size())
-    throw Error("OpenSSL: signing failed: " + openssl_error());
+    throw InternalError("OpenSSL: signing failed: " + openssl_error());
   return e;
 }
 
 std::string PrivateKey::pem(const std::string &passphrase) const {
   UniqueBio bio(BIO_new(BIO_s_mem()));
-  if (!bio) throw Error("OpenSSL: out of memory");
+  if (!bio) throw InternalError("OpenSSL: out of memory");
   const EVP_CIPHER *cipher = passphrase.empty() ? nullptr : EVP_aes_256_cbc();
   if (PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), cipher, passphrase.empty() ? nullptr : passphrase.data(),
                                     static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
-    throw Error("OpenSSL: cannot write the private key: " + openssl_error());
+    throw InternalError("OpenSSL: cannot write the private key: " + openssl_error());
   return bio_text(bio.get());
 }
 

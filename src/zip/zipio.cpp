@@ -145,7 +145,7 @@ class TorchZipWriter {
   void end() {
     auto &r = records_.back();
     if (r.written != r.size)
-      throw Error(fmt::format("{}: record {} has {} bytes, expected {}", name_, r.path, r.written, r.size));
+      throw InternalError(fmt::format("{}: record {} has {} bytes, expected {}", name_, r.path, r.written, r.size));
     std::array<std::uint8_t, 4> crc{};
     store_le<std::uint32_t>(crc.data(), static_cast<std::uint32_t>(r.crc));
     if (::pwrite(fd_, crc.data(), crc.size(), static_cast<off_t>(r.header_at + 14)) != 4) throw_errno("write", name_);
@@ -451,7 +451,7 @@ ZipExportResult export_zip(Reader &reader, const std::string &output, ZipLayout 
         break;
       }
     }
-    if (idx < 0) throw Error(fmt::format("{}: cannot add {}: {}", output, path, zip_strerror(za.get())));
+    if (idx < 0) throw InternalError(fmt::format("{}: cannot add {}: {}", output, path, zip_strerror(za.get())));
     const auto uidx = static_cast<zip_uint64_t>(idx);
     zip_file_set_mtime(za.get(), uidx, static_cast<time_t>(e.mtime_sec), 0);
     zip_file_set_external_attributes(za.get(), uidx, 0, ZIP_OPSYS_UNIX,

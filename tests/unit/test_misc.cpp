@@ -1,4 +1,4 @@
-// digest.hpp, pool.hpp, file.hpp, errors.hpp, read_pattern.hpp.
+// digest.hpp, hex.hpp, pool.hpp, file.hpp, errors.hpp, exit_codes.hpp, read_pattern.hpp.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -6,6 +6,9 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
+#include <exception>
+#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -14,7 +17,10 @@
 #include "helpers.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/exit_codes.hpp"
 #include "torshpkg/file.hpp"
+#include "torshpkg/hex.hpp"
+#include "torshpkg/pickle_scan.hpp"
 #include "torshpkg/pool.hpp"
 #include "torshpkg/read_pattern.hpp"
 
@@ -251,6 +257,111 @@ TEST_CASE("read pattern: sequential streams, out-of-order read-ahead, seeks, ran
     CHECK(r.ahead_from == 4);
     CHECK(r.ahead_count == 2);
   }
+}
+
+TEST_CASE("hex_digit_value: the 22 hex digits, nothing else") {
+  int digits = 0;
+  for (int c = 0; c < 256; ++c) {
+    const int v = hex_digit_value(static_cast<unsigned char>(c));
+    if (v >= 0) ++digits;
+    CHECK(v >= -1);
+    CHECK(v <= 15);
+  }
+  CHECK(digits == 22);
+  CHECK(hex_digit_value('0') == 0);
+  CHECK(hex_digit_value('9') == 9);
+  CHECK(hex_digit_value('a') == 10);
+  CHECK(hex_digit_value('F') == 15);
+  CHECK(hex_digit_value('g') == -1);
+  CHECK(hex_digit_value('/') == -1);
+  CHECK(hex_digit_value(static_cast<char>(0xb0)) == -1);  // a negative char is no digit
+  static_assert(hex_digit_value('c') == 12);
+}
+
+TEST_CASE("exit codes: every exception type, both tools, the wording the integration tests look for") {
+  using enum ExitCode;
+  // The numbers are the documented interface (man/torshpkg.1, man/mount.torshpkg.8).
+  CHECK(kOk == 0);
+  CHECK(kFailure == 1);
+  CHECK(kUsage == 2);
+  CHECK(kIo == 3);
+  CHECK(kFormat == 4);
+  CHECK(kIntegrity == 5);
+  CHECK(kNotFound == 6);
+  CHECK(kUntrusted == 7);
+  CHECK(kInterrupted == 130);
+
+  struct Case {
+    const char *name;
+    std::exception_ptr e;
+    int code;            // both tools, unless noted in the checks below
+    const char *line;    // after "TOOL: "
+  };
+  const Case cases[] = {
+      {"UsageError", std::make_exception_ptr(UsageError("bad option")), kUsage, "bad option"},
+      {"IoError", std::make_exception_ptr(IoError("cannot open x: No such file or directory", ENOENT)), kIo,
+       "cannot open x: No such file or directory"},
+      {"IoError EIO (a file changed while packed)", std::make_exception_ptr(IoError("f: file grew", EIO)), kIo,
+       "f: file grew"},
+      {"FormatError", std::make_exception_ptr(FormatError("not a package")), kFormat, "not a package"},
+      {"PickleTruncated (a FormatError)", std::make_exception_ptr(PickleTruncated("pickle truncated")), kFormat,
+       "pickle truncated"},
+      {"IntegrityError", std::make_exception_ptr(IntegrityError("root digest mismatch")), kIntegrity,
+       "damaged package: root digest mismatch"},
+      {"NotFoundError", std::make_exception_ptr(NotFoundError("a/b: not in the package")), kNotFound,
+       "a/b: not in the package"},
+      {"Interrupted", std::make_exception_ptr(Interrupted()), kInterrupted, "interrupted"},
+      {"InternalError", std::make_exception_ptr(InternalError("OpenSSL: out of memory")), kFailure,
+       "OpenSSL: out of memory"},
+      {"bare Error", std::make_exception_ptr(Error("legacy")), kFailure, "legacy"},
+      {"std::bad_alloc", std::make_exception_ptr(std::bad_alloc()), kFailure, std::bad_alloc().what()},
+      {"std::exception", std::make_exception_ptr(std::logic_error("oops")), kFailure, "oops"},
+      {"not a std::exception", std::make_exception_ptr(42), kFailure, "unknown exception"},
+      {"null exception_ptr", std::exception_ptr(), kFailure, "unknown error"},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.name);
+    const auto cli = exit_report(c.e, Tool::kTorshpkg);
+    CHECK(cli.code == c.code);
+    CHECK(cli.message == std::string("torshpkg: ") + c.line);
+    const auto mount = exit_report(c.e, Tool::kMountHelper);
+    CHECK(mount.code == c.code);
+    CHECK(mount.message == std::string("mount.torshpkg: ") + c.line);
+  }
+
+  // TrustError: 7 for both, worded per tool.
+  const auto untrusted = std::make_exception_ptr(TrustError("signed only by untrusted keys 0123abcd"));
+  CHECK(exit_report(untrusted, Tool::kTorshpkg).code == kUntrusted);
+  CHECK(exit_report(untrusted, Tool::kTorshpkg).message ==
+        "torshpkg: untrusted package: signed only by untrusted keys 0123abcd");
+  CHECK(exit_report(untrusted, Tool::kMountHelper).code == kUntrusted);
+  CHECK(exit_report(untrusted, Tool::kMountHelper).message ==
+        "mount.torshpkg: refusing to mount: signed only by untrusted keys 0123abcd (trust its key with -o trust=DIR "
+        "or -o pubkey=FILE, or mount anyway with -o allow_unsigned)");
+  // A message that already says what to do (a zip archive) gets no second hint.
+  const auto zip = std::make_exception_ptr(TrustError("m.pt is a zip archive: mount it with -o allow_unsigned"));
+  CHECK(exit_report(zip, Tool::kMountHelper).code == kUntrusted);
+  CHECK(exit_report(zip, Tool::kMountHelper).message ==
+        "mount.torshpkg: refusing to mount: m.pt is a zip archive: mount it with -o allow_unsigned");
+  CHECK(exit_report(zip, Tool::kTorshpkg).message ==
+        "torshpkg: untrusted package: m.pt is a zip archive: mount it with -o allow_unsigned");
+
+  // EPIPE: torshpkg's reader went away (`torshpkg cat | head`): success, still said; the driver fails.
+  const auto epipe = std::make_exception_ptr(IoError("cannot write standard output: Broken pipe", EPIPE));
+  CHECK(exit_report(epipe, Tool::kTorshpkg).code == kOk);
+  CHECK(exit_report(epipe, Tool::kTorshpkg).message == "torshpkg: cannot write standard output: Broken pipe");
+  CHECK(exit_report(epipe, Tool::kMountHelper).code == kIo);
+
+  // exit_code_for() prints the same line, newline-terminated, and returns the same code.
+  std::FILE *err = std::tmpfile();
+  REQUIRE(err != nullptr);
+  CHECK(exit_code_for(std::make_exception_ptr(IntegrityError("chunk 3")), Tool::kTorshpkg, err) == kIntegrity);
+  CHECK(exit_code_for(untrusted, Tool::kMountHelper, err) == kUntrusted);
+  std::rewind(err);
+  std::string text;
+  for (int ch; (ch = std::fgetc(err)) != EOF;) text += static_cast<char>(ch);
+  std::fclose(err);
+  CHECK(text == "torshpkg: damaged package: chunk 3\n" + exit_report(untrusted, Tool::kMountHelper).message + "\n");
 }
 
 }  // TEST_SUITE
