@@ -59,7 +59,6 @@ inline constexpr std::uint16_t kChunkFlagBaseRef = 1u << 0;
 
 enum class FileKind : std::uint8_t { kOther = 0, kWeights = 1, kCode = 2, kConfig = 3, kTokenizer = 4, kData = 5 };
 [[nodiscard]] std::string_view kind_name(FileKind k) noexcept;
-[[nodiscard]] std::string_view codec_name(Codec c) noexcept;
 
 struct Header {
   std::uint16_t version_major = kVersionMajor;
@@ -113,6 +112,26 @@ void encode(const Header &h, std::span<std::uint8_t, kHeaderSize> out) noexcept;
 void encode(const Footer &f, std::span<std::uint8_t, kFooterSize> out) noexcept;
 void encode(const ChunkEntry &c, std::span<std::uint8_t, kChunkEntrySize> out) noexcept;
 void encode(const InodeEntry &i, std::span<std::uint8_t, kInodeEntrySize> out) noexcept;
+// Number of chunks of a regular file of `size` bytes.
+[[nodiscard]] constexpr std::uint64_t chunks_for(std::uint64_t size, unsigned chunk_shift) noexcept {
+  return (size >> chunk_shift) + ((size & ((std::uint64_t{1} << chunk_shift) - 1)) != 0);
+}
+
+// The string table being built (names, symlink targets): throws FormatError past 4 GiB.
+class StringTable {
+ public:
+  std::uint32_t add(std::string_view s);  // offset of s
+  [[nodiscard]] const std::vector<std::uint8_t> &bytes() const noexcept { return bytes_; }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
+// The rooted footer fields for an index of these sizes starting at `index_offset` (root digest and
+// signature location still to fill in).
+[[nodiscard]] Footer footer_for(std::uint64_t index_offset, std::uint64_t chunks, std::uint64_t inodes,
+                                std::uint64_t strings_size, std::uint64_t manifest_size) noexcept;
+
 // The index section as it is stored: chunk table | inode table | string table | manifest.
 [[nodiscard]] std::vector<std::uint8_t> encode_index(std::span<const ChunkEntry> chunks,
                                                      std::span<const InodeEntry> inodes,

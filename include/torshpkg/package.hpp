@@ -1,5 +1,6 @@
-// A loaded package: header, footer and the index, validated once, then used in place.
-// Loading reads only header, footer, index and manifest: it never touches chunk data.
+// A loaded package: a validated index (header, footer, chunk table, inode table, strings, manifest)
+// over one ChunkSource, and the pipeline that turns stored chunks into file bytes.
+// Opening reads only header, footer, index and manifest: it never touches chunk data.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -10,46 +11,67 @@
 #include <string_view>
 #include <vector>
 
+#include "torshpkg/chunk_source.hpp"
 #include "torshpkg/digest.hpp"
-#include "torshpkg/file.hpp"
 #include "torshpkg/format.hpp"
+#include "torshpkg/manifest.hpp"
+#include "torshpkg/pipeline.hpp"
 #include "torshpkg/signing.hpp"
 
 namespace torshpkg {
 
 // Whether load_chunk checks each chunk's SHA-256. kSkipForBenchmark exists only to measure what
 // lazy verification costs (mount.torshpkg -o unsafe_skip_chunk_digests); nothing else may use it.
-class ZipChunkSource;  // zip_package.cpp
-
 enum class ChunkDigests { kVerify, kSkipForBenchmark };
+
+// An index built in memory from another container (a zip's central directory) rather than read
+// from a package: it has no root digest, no chunk digests and says nothing about how chunks are
+// stored; its source checks what integrity the container has.
+struct SynthesizedIndex {
+  unsigned chunk_shift = format::kDefaultChunkShift;
+  std::vector<format::ChunkEntry> chunks;  // offsets into the source's byte space
+  std::vector<format::InodeEntry> inodes;
+  format::StringTable strings;
+  Manifest manifest;
+  // Why it cannot be trusted, for the trust policy: "a zip archive, which cannot carry a signature".
+  std::string unsigned_because;
+  // What to do about it: "torshpkg import it into a signed package".
+  std::string remedy;
+  // How the mount describes it: "a zip archive (no signature; entries checked by CRC-32)".
+  std::string summary;
+};
 
 class Package {
  public:
-  // Opens and validates; throws FormatError (malformed), IntegrityError (root digest mismatch), IoError.
+  // Opens and validates a .tpkg from its source; throws FormatError (malformed), IntegrityError
+  // (root digest mismatch), IoError.
+  static std::shared_ptr<const Package> open(std::shared_ptr<const ChunkSource> source,
+                                             ChunkDigests digests = ChunkDigests::kVerify);
   static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify);
-  // Validates an in-memory image of a whole package (tests, fuzzing); `fd` is unused then.
+  // Validates an in-memory image of a whole package (tests, fuzzing).
   static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
-  // Presents a zip archive (torch.save, torch.package, any zip of stored or deflated entries) as a
-  // package, without unpacking it: the tree and chunk table are built in memory from the central
-  // directory, stored entries are read in place, deflated ones are inflated on demand (zip_package.cpp).
-  // Such a package has no signature, no root digest and no chunk digests: only the zip's CRC-32s.
-  // Throws FormatError for a malformed archive, a refused name or an unsupported method.
-  static std::shared_ptr<const Package> open_zip(const std::string &path);
+  // A package over an index built from another container; the tree goes through the same checks.
+  static std::shared_ptr<const Package> from_index(SynthesizedIndex index, std::shared_ptr<const ChunkSource> source);
 
-  [[nodiscard]] const std::string &path() const noexcept { return path_; }
+  // The source's name: a path (or, later, a URL).
+  [[nodiscard]] const std::string &path() const noexcept { return source_->name(); }
+  [[nodiscard]] const ChunkSource &source() const noexcept { return *source_; }
   [[nodiscard]] const format::Header &header() const noexcept { return header_; }
   [[nodiscard]] const format::Footer &footer() const noexcept { return footer_; }
-  [[nodiscard]] std::uint64_t file_size() const noexcept { return file_size_; }
+  [[nodiscard]] std::uint64_t file_size() const noexcept { return source_->size(); }
   [[nodiscard]] std::uint32_t chunk_size() const noexcept { return 1u << header_.chunk_shift; }
+  [[nodiscard]] unsigned chunk_shift() const noexcept { return header_.chunk_shift; }
   [[nodiscard]] std::uint32_t inode_count() const noexcept { return static_cast<std::uint32_t>(footer_.inode_count); }
   [[nodiscard]] std::uint64_t chunk_count() const noexcept { return footer_.chunk_count; }
   [[nodiscard]] const Digest &root_digest() const noexcept { return footer_.root_digest; }
   // End of the manifest: where the signature block (or the footer) starts.
   [[nodiscard]] std::uint64_t manifest_end() const noexcept { return footer_.index_offset + index_.size(); }
-  // True for a package made by open_zip.
-  [[nodiscard]] bool is_zip() const noexcept { return zip_ != nullptr; }
-  // Parsed at open (FormatError if malformed); checking them is signing.hpp's job.
+  // Parsed at open (FormatError if malformed); checking them is trust_policy.hpp's job.
   [[nodiscard]] const std::vector<SignatureEntry> &signatures() const noexcept { return signatures_; }
+  [[nodiscard]] const Manifest &manifest() const noexcept { return manifest_; }
+  // Set for a package made by from_index (a zip mounted in place): no root digest, no chunk digests,
+  // no storage layout to report.
+  [[nodiscard]] const SynthesizedIndex *synthesized() const noexcept { return synthesized_.get(); }
 
   [[nodiscard]] format::InodeEntry inode(std::uint32_t ino) const noexcept;
   [[nodiscard]] format::ChunkEntry chunk(std::uint64_t index) const noexcept;
@@ -64,13 +86,25 @@ class Package {
   [[nodiscard]] std::optional<std::uint32_t> resolve(std::string_view path) const;
   // Path of an inode relative to the root ("" for the root).
   [[nodiscard]] std::string path_of(std::uint32_t ino) const;
+  // Chunks of a regular file (0 for anything else), and the first one's index in the chunk table.
+  [[nodiscard]] std::uint64_t chunks_in_file(std::uint32_t ino) const noexcept;
   // Sum of stored bytes of a regular file's chunks.
   [[nodiscard]] std::uint64_t stored_size(std::uint32_t ino) const noexcept;
+  // The codecs of a regular file's chunks, from the highest id down, joined by '+' ("zstd",
+  // "zstd+stored"); "none" for an empty file.
+  [[nodiscard]] std::string codec_summary(std::uint32_t ino) const;
+  // The whole-file SHA-256 the manifest records for a regular file, if any (resolved on first use).
+  [[nodiscard]] std::optional<Digest> file_sha256(std::uint32_t ino) const;
 
-  // Reads the stored bytes of chunk `index`, checks their SHA-256 (a zip entry: its CRC-32, see
-  // open_zip) and decodes them into `out`
-  // (out.size() must be the chunk's decoded size). `scratch` is reused between calls.
-  void load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const;
+  // Chunks that share stored bytes (deduplicated) share one key: the index of the first of them.
+  // Keys depend only on the index, never on where or how the bytes are stored.
+  [[nodiscard]] std::uint64_t cache_key(std::uint64_t index) const noexcept;
+  // True for the first chunk of each set sharing stored bytes: count these for stored totals.
+  [[nodiscard]] bool first_use(std::uint64_t index) const noexcept { return cache_key(index) == index; }
+
+  // Reads chunk `index` from the source through the pipeline (verify, decode, undo filter) into
+  // `out`, whose size must be the chunk's decoded size.
+  void load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const;
 
  private:
   Package() = default;
@@ -81,25 +115,23 @@ class Package {
   // the signature block, which follows the manifest in `index_manifest_signatures`.
   void load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
             std::vector<std::uint8_t> index_manifest_signatures);
-  void validate_chunks() const;
+  void validate_chunks();
   void validate_inodes() const;
-  void validate_manifest() const;
   // Reserved bytes must be zero unless a later minor version (which may use them) wrote the package.
   [[nodiscard]] bool strict_reserved() const noexcept { return header_.version_minor <= format::kVersionMinor; }
-  void read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const;
-  void load_zip_chunk(std::uint64_t index, std::span<std::uint8_t> out) const;  // zip_package.cpp
 
-  std::string path_;
-  UniqueFd fd_;
-  std::vector<std::uint8_t> image_;  // whole package, only for from_bytes
-  std::uint64_t file_size_ = 0;
+  std::shared_ptr<const ChunkSource> source_;
+  std::unique_ptr<ChunkPipeline> pipeline_;
   format::Header header_;
   format::Footer footer_;
   std::vector<std::uint8_t> index_;  // chunk table | inode table | string table | manifest
   std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
   std::vector<SignatureEntry> signatures_;
-  ChunkDigests digests_ = ChunkDigests::kVerify;
-  std::shared_ptr<ZipChunkSource> zip_;  // set by open_zip: chunks come from zip entries
+  Manifest manifest_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> aliases_;  // (chunk, first chunk sharing its bytes), by chunk
+  std::unique_ptr<SynthesizedIndex> synthesized_;                 // without its tables, which index_ holds
+  mutable std::once_flag file_digests_once_;
+  mutable std::vector<std::optional<Digest>> file_digests_;  // per inode
 };
 
 }  // namespace torshpkg

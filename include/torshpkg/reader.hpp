@@ -52,7 +52,7 @@ class Reader {
   std::size_t read(std::uint32_t ino, std::uint64_t offset, std::span<std::uint8_t> out);
   // The decoded chunk `index` of the package (verified), through the cache.
   [[nodiscard]] ChunkPtr chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now = nullptr);
-  [[nodiscard]] std::uint64_t chunks_in_file(std::uint32_t ino) const;
+  [[nodiscard]] std::uint64_t chunks_in_file(std::uint32_t ino) const { return pkg_->chunks_in_file(ino); }
 
   // Background decoding. Start after fork(): threads do not survive it.
   void start_workers(unsigned threads);

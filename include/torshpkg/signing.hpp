@@ -62,9 +62,7 @@ class PublicKey {
 
  private:
   friend class PrivateKey;
-  struct Free {
-    void operator()(evp_pkey_st *k) const noexcept;
-  };
+  // Takes ownership of `key` (an EVP_PKEY), also when it throws; so does PrivateKey's.
   explicit PublicKey(evp_pkey_st *key, std::string source);
   std::shared_ptr<evp_pkey_st> key_;
   KeyId id_{};

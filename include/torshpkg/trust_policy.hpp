@@ -2,8 +2,10 @@
 // driver and the CLI.
 #pragma once
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/signing.hpp"
 
@@ -25,5 +27,9 @@ struct TrustDecision {
   std::string summary;   // "signed by trusted key ...", "not signed", "signed only by untrusted key ..."
 };
 TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted);
+
+// The refusal of a package that cannot be signed (a zip mounted in place) where unsigned ones are
+// not allowed.
+[[nodiscard]] TrustError unsigned_refusal(std::string_view location, std::string_view because, std::string_view remedy);
 
 }  // namespace torshpkg

@@ -13,9 +13,6 @@ namespace torshpkg {
 
 class Reader;
 
-// True when the file starts like a zip archive ("PK\3\4", or "PK\5\6" for an empty one).
-[[nodiscard]] bool looks_like_zip(const std::string &path);
-
 // Checks an entry name from an untrusted archive and returns it without a trailing '/', with whether
 // it names a directory. An absolute name, an empty, "." or ".." component, a backslash or a
 // component the package format cannot hold throws FormatError naming the entry and `zip_path`.

@@ -4,10 +4,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <unordered_set>
 
 #include "cli.hpp"
 #include "torshpkg/trust_policy.hpp"
+#include "torshpkg/codec.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/filter.hpp"
@@ -40,8 +40,7 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
       case format::NodeType::kRegular: ++files, raw += e.size; break;
     }
   }
-  std::unordered_set<std::uint64_t> seen;
-  std::uint64_t stored = 0, dedup_saved = 0;
+  std::uint64_t stored = 0, dedup_saved = 0, unique = 0;
   std::map<std::string, std::uint64_t> codecs;
   struct FilterUse {
     std::uint64_t chunks = 0, raw = 0, stored = 0;
@@ -49,11 +48,11 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   std::map<std::string, FilterUse> filters;
   for (std::uint64_t k = 0; k < pkg.chunk_count(); ++k) {
     const auto c = pkg.chunk(k);
-    ++codecs[std::string(format::codec_name(c.codec))];
+    ++codecs[std::string(codec_name(c.codec))];
     auto &f = filters[std::string(filter_name(c.filter))];
     ++f.chunks, f.raw += c.decoded_size, f.stored += c.stored_size;
-    if (seen.insert(c.offset).second)
-      stored += c.stored_size;
+    if (pkg.first_use(k))
+      stored += c.stored_size, ++unique;
     else
       dedup_saved += c.stored_size;
   }
@@ -68,7 +67,7 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   j["directories"] = dirs;
   j["symlinks"] = links;
   j["chunks"] = pkg.chunk_count();
-  j["unique_chunks"] = seen.size();
+  j["unique_chunks"] = unique;
   j["codecs"] = codecs;
   auto fj = nlohmann::ordered_json::object();
   for (const auto &[name, f] : filters)
@@ -80,11 +79,7 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   j["dedup_saved_bytes"] = dedup_saved;
   j["package_bytes"] = pkg.file_size();
   j["ratio"] = raw ? static_cast<double>(pkg.file_size()) / static_cast<double>(raw) : 1.0;
-  try {
-    j["manifest"] = nlohmann::ordered_json::parse(pkg.manifest_text());
-  } catch (const nlohmann::json::exception &e) {
-    throw FormatError(fmt::format("{}: manifest is not valid JSON: {}", pkg.path(), e.what()));
-  }
+  j["manifest"] = pkg.manifest().to_json();
   return j;
 }
 

@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 #include <set>
 #include <thread>
-#include <unordered_map>
+#include <map>
 
 #include "cli.hpp"
 #include "torshpkg/trust_policy.hpp"
@@ -21,10 +21,10 @@ struct ChunkCheck {
 };
 
 ChunkCheck check_chunk(const Package &pkg, std::uint64_t index) {
-  thread_local std::vector<std::uint8_t> scratch, out;
+  thread_local std::vector<std::uint8_t> out;  // one per pool thread
   out.resize(pkg.chunk(index).decoded_size);
   try {
-    pkg.load_chunk(index, out, scratch);
+    pkg.load_chunk(index, out);
     return {index, {}};
   } catch (const IntegrityError &e) {
     return {index, e.what()};
@@ -50,24 +50,22 @@ int verify(const std::string &file, unsigned threads, const TrustArgs &trust_arg
     ++files;
     if (const auto e = pkg->inode(i); e.size) owners.emplace_back(e.first, i);
   }
-  std::unordered_map<std::uint64_t, std::uint64_t> first_at_offset;  // stored offset -> first chunk using it
+  // Chunks sharing stored bytes are checked once, under their first chunk (Package::cache_key).
   std::vector<std::uint64_t> unique;
   std::uint64_t total = 0;
-  for (std::uint64_t k = 0; k < pkg->chunk_count(); ++k) {
-    const auto c = pkg->chunk(k);
-    if (first_at_offset.emplace(c.offset, k).second) unique.push_back(k), total += c.stored_size;
-  }
+  for (std::uint64_t k = 0; k < pkg->chunk_count(); ++k)
+    if (pkg->first_use(k)) unique.push_back(k), total += pkg->chunk(k).stored_size;
 
   ProgressBar bar("verifying");
   ThreadPool pool(threads ? threads : std::max(1u, std::thread::hardware_concurrency()));
   std::deque<std::future<ChunkCheck>> inflight;
-  std::unordered_map<std::uint64_t, std::string> bad_offsets;
+  std::map<std::uint64_t, std::string> bad;  // first chunk of the stored bytes -> problem
   std::uint64_t done = 0;
   auto collect = [&] {
     const auto r = inflight.front().get();
     inflight.pop_front();
     const auto c = pkg->chunk(r.index);
-    if (!r.problem.empty()) bad_offsets.emplace(c.offset, r.problem);
+    if (!r.problem.empty()) bad.emplace(r.index, r.problem);
     done += c.stored_size;
     bar.update(done, total);
   };
@@ -79,13 +77,13 @@ int verify(const std::string &file, unsigned threads, const TrustArgs &trust_arg
   bar.finish();
 
   std::set<std::uint32_t> damaged;
-  for (std::uint64_t k = 0; k < pkg->chunk_count() && !bad_offsets.empty(); ++k) {
-    if (!bad_offsets.count(pkg->chunk(k).offset)) continue;
+  for (std::uint64_t k = 0; k < pkg->chunk_count() && !bad.empty(); ++k) {
+    if (!bad.count(pkg->cache_key(k))) continue;
     const auto it = std::upper_bound(owners.begin(), owners.end(), std::make_pair(k, UINT32_MAX));
     damaged.insert(std::prev(it)->second);
   }
   for (auto ino : damaged) fmt::print(stderr, "DAMAGED {}\n", pkg->path_of(ino));
-  for (const auto &[off, why] : bad_offsets) fmt::print(stderr, "  chunk at offset {}: {}\n", off, why);
+  for (const auto &[k, why] : bad) fmt::print(stderr, "  chunk at offset {}: {}\n", pkg->chunk(k).offset, why);
   if (!damaged.empty()) {
     fmt::print("{}: {} of {} files damaged\n", file, damaged.size(), files);
     return kIntegrity;

@@ -85,7 +85,7 @@ std::optional<format::Filter> filter_for_dtype(std::string_view dtype) noexcept 
 void apply_filter(format::Filter f, unsigned phase, std::span<const std::uint8_t> raw, std::span<std::uint8_t> out) {
   const unsigned w = filter_width(f);
   if (w == 0 || phase >= w || phase > raw.size() || out.size() != raw.size() + 1)
-    throw Error("apply_filter: bad arguments");
+    throw InternalError("apply_filter: bad arguments");
   const std::size_t m = (raw.size() - phase) / w;
   const std::size_t tail = phase + m * w;
   // Pointer arithmetic on data(), never &span[i] at the end (UB, and fatal with _GLIBCXX_ASSERTIONS);
@@ -102,7 +102,7 @@ void apply_filter(format::Filter f, unsigned phase, std::span<const std::uint8_t
 
 void undo_filter(format::Filter f, std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out) {
   const unsigned w = filter_width(f);
-  if (w == 0 || filtered.size() != out.size() + 1) throw Error("undo_filter: bad arguments");
+  if (w == 0 || filtered.size() != out.size() + 1) throw InternalError("undo_filter: bad arguments");
   const unsigned phase = filtered[0];
   if (phase >= w || phase > out.size()) throw IntegrityError(fmt::format("filter phase {} out of range", phase));
   const std::size_t m = (out.size() - phase) / w;

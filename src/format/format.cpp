@@ -22,12 +22,22 @@ std::string_view kind_name(FileKind k) noexcept {
   return "other";
 }
 
-std::string_view codec_name(Codec c) noexcept {
-  switch (c) {
-    case Codec::kStored: return "stored";
-    case Codec::kZstd: return "zstd";
-  }
-  return "unknown";
+std::uint32_t StringTable::add(std::string_view s) {
+  if (bytes_.size() + s.size() > (1ull << 32)) throw FormatError("names and symlink targets exceed 4 GiB in total");
+  const auto off = static_cast<std::uint32_t>(bytes_.size());
+  bytes_.insert(bytes_.end(), s.begin(), s.end());
+  return off;
+}
+
+Footer footer_for(std::uint64_t index_offset, std::uint64_t chunks, std::uint64_t inodes, std::uint64_t strings_size,
+                  std::uint64_t manifest_size) noexcept {
+  Footer f;
+  f.index_offset = index_offset;
+  f.chunk_count = chunks;
+  f.inode_count = inodes;
+  f.strings_size = strings_size;
+  f.manifest_size = manifest_size;
+  return f;
 }
 
 void encode(const Header &h, std::span<std::uint8_t, kHeaderSize> out) noexcept {

@@ -10,9 +10,9 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
-#include <nlohmann/json.hpp>
 #include <thread>
 
+#include "torshpkg/codec.hpp"
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg::mount {
@@ -47,6 +47,9 @@ void guarded(fuse_req_t req, F &&body) noexcept {
     err = e.errnum ? e.errnum : EIO;
   } catch (const UsageError &) {
     err = EINVAL;
+  } catch (const InternalError &e) {
+    fs_of(req).log_error(e.what());
+    err = EIO;
   } catch (const std::bad_alloc &) {
     err = ENOMEM;
   } catch (const std::exception &e) {
@@ -357,38 +360,14 @@ void Filesystem::statfs(fuse_req_t req) {
   fuse_reply_statfs(req, &s);
 }
 
-std::string Filesystem::file_sha256(std::uint32_t ino) const {
-  // The manifest is parsed only when someone asks for a digest: mounting never pays for it.
-  std::call_once(sha_once_, [this] {
-    sha_.assign(pkg_->inode_count(), {});
-    has_sha_.assign(pkg_->inode_count(), false);
-    try {
-      const auto m = nlohmann::json::parse(pkg_->manifest_text());
-      if (!m.contains("files") || !m["files"].is_object()) return;
-      for (const auto &[path, f] : m["files"].items()) {
-        const auto i = pkg_->resolve(path);
-        if (!i || !f.is_object() || !f.contains("sha256") || !f["sha256"].is_string()) continue;
-        if (auto d = from_hex(f["sha256"].get<std::string>())) sha_[*i] = *d, has_sha_[*i] = true;
-      }
-    } catch (const nlohmann::json::exception &e) {
-      throw FormatError(fmt::format("{}: manifest is not valid JSON: {}", pkg_->path(), e.what()));
-    }
-  });
-  return has_sha_[ino] ? to_hex(sha_[ino]) : std::string();
-}
-
 std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t ino) const {
   std::vector<std::pair<std::string, std::string>> out;
   if (ino == FUSE_ROOT_ID) {
-    try {
-      const auto m = nlohmann::json::parse(pkg_->manifest_text());
-      out.emplace_back("user.torshpkg.name", m.value("name", ""));
-      out.emplace_back("user.torshpkg.version", m.value("version", ""));
-    } catch (const nlohmann::json::exception &) {
-    }
-    // A zip has no root digest: say where the tree comes from instead of printing zeros.
-    if (pkg_->is_zip())
-      out.emplace_back("user.torshpkg.source", "zip");
+    out.emplace_back("user.torshpkg.name", pkg_->manifest().name);
+    out.emplace_back("user.torshpkg.version", pkg_->manifest().version);
+    // A synthesised index (a zip) has no root digest: say where the tree comes from instead of zeros.
+    if (pkg_->synthesized())
+      out.emplace_back("user.torshpkg.source", pkg_->manifest().source);
     else
       out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
     return out;
@@ -398,14 +377,10 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
   if (pkg_->type(i) != format::NodeType::kRegular) return out;
   const auto e = pkg_->inode(i);
   out.emplace_back("user.torshpkg.kind", std::string(format::kind_name(e.kind)));
-  if (const auto sha = file_sha256(i); !sha.empty()) out.emplace_back("user.torshpkg.sha256", sha);
-  if (pkg_->is_zip()) return out;  // its synthesised chunk table says nothing about storage
+  if (const auto sha = pkg_->file_sha256(i)) out.emplace_back("user.torshpkg.sha256", to_hex(*sha));
+  if (pkg_->synthesized()) return out;  // its chunk table says nothing about storage
   out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg_->stored_size(i)));
-  bool zstd = false, stored = false;
-  const std::uint64_t count = (e.size + pkg_->chunk_size() - 1) / pkg_->chunk_size();
-  for (std::uint64_t k = 0; k < count; ++k)
-    (pkg_->chunk(e.first + k).codec == format::Codec::kZstd ? zstd : stored) = true;
-  out.emplace_back("user.torshpkg.codec", zstd && stored ? "zstd+stored" : zstd ? "zstd" : stored ? "stored" : "none");
+  out.emplace_back("user.torshpkg.codec", pkg_->codec_summary(i));
   return out;
 }
 

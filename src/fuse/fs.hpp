@@ -49,7 +49,6 @@ class Filesystem {
   [[nodiscard]] struct stat attr(fuse_ino_t ino) const;
   [[nodiscard]] fuse_entry_param entry(fuse_ino_t ino) const;
   [[nodiscard]] std::vector<std::pair<std::string, std::string>> xattrs(fuse_ino_t ino) const;
-  [[nodiscard]] std::string file_sha256(std::uint32_t ino) const;  // hex, or "" when the manifest has none
   // Per open file: where its reader is, to tell a sequential stream from random access.
   struct OpenFile {
     OpenFile(std::uint64_t readahead_chunks, std::uint64_t slack_chunks) : pattern(readahead_chunks, slack_chunks) {}
@@ -70,9 +69,6 @@ class Filesystem {
   uid_t uid_;
   gid_t gid_;
   std::vector<std::uint32_t> subdirs_;  // per directory, for st_nlink
-  mutable std::once_flag sha_once_;
-  mutable std::vector<Digest> sha_;  // per inode, from the manifest, parsed on first use
-  mutable std::vector<bool> has_sha_;
   std::mutex log_mu_;
   std::unordered_set<std::string> logged_;
   bool daemonized_ = false;

@@ -10,15 +10,16 @@
 #include "fs.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/exit_codes.hpp"
 #include "torshpkg/version.hpp"
-#include "torshpkg/zipio.hpp"
+#include "torshpkg/open.hpp"
 
 namespace torshpkg::mount {
 
 namespace {
 
-// Exit codes shared with torshpkg(1).
-enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kIo = 3, kFormat = 4, kIntegrity = 5, kUntrusted = 7 };
+// kOk, kFailure, ...: the exit codes shared with torshpkg(1) (torshpkg/exit_codes.hpp).
+using enum ExitCode;
 
 struct SessionDeleter {
   void operator()(fuse_session *se) const noexcept { fuse_session_destroy(se); }
@@ -36,21 +37,14 @@ int serve(const Options &opts) {
     throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
   // Validates header, footer, root digest and the whole index, then the signatures over the root:
   // the cost depends on the index size only, never on the amount of data.
-  // A zip (.pt, torch.package, any .zip) is mounted in place; it cannot carry a signature, so it is
-  // held to the same rule as an unsigned package.
-  const bool zip = looks_like_zip(opts.package);
-  if (zip && !opts.allow_unsigned)
-    throw TrustError(
-        fmt::format("{} is a zip archive, which cannot carry a signature: mount it with -o allow_unsigned, "
-                    "or torshpkg import it into a signed package",
-                    opts.package));
-  auto pkg = zip ? Package::open_zip(opts.package)
-                 : Package::open(opts.package,
-                                 opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify);
-  const auto decision =
-      zip ? TrustDecision{false, "a zip archive (no signature; entries checked by CRC-32)"}
-          : enforce_trust(*pkg, check_signatures(*pkg, TrustStore::from(opts.pubkeys, opts.trust_dirs)),
-                          opts.allow_unsigned);
+  // A zip (.pt, torch.package, any .zip) is mounted in place; it cannot carry a signature, so the
+  // trust policy holds it to the same rule as an unsigned package.
+  const auto pkg = open_package(
+      opts.package, OpenOptions{.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify,
+                                .any_container = true,
+                                .allow_unsigned = opts.allow_unsigned});
+  const auto decision = enforce_trust(*pkg, check_signatures(*pkg, TrustStore::from(opts.pubkeys, opts.trust_dirs)),
+                                      opts.allow_unsigned);
   if (!decision.trusted)
     fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", opts.package,
                decision.summary);
@@ -84,16 +78,17 @@ int serve(const Options &opts) {
   std::unique_ptr<fuse_session, SessionDeleter> se(
       fuse_session_new(args.get(), &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &fs));
   if (!se) throw UsageError("libfuse refused the mount options (see the message above)");
-  if (fuse_set_signal_handlers(se.get()) != 0) throw Error("cannot install signal handlers");
+  if (fuse_set_signal_handlers(se.get()) != 0) throw InternalError("cannot install signal handlers");
   if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se.get());
     throw IoError(fmt::format("cannot mount on {} (see the message above)", opts.mountpoint), EIO);
   }
   // The parent exits only after this: by then the mount is in place.
   if (fuse_daemonize(opts.foreground ? 1 : 0) != 0) {
+    const int err = errno;  // of the pipe() or fork() that failed; libfuse printed it
     fuse_session_unmount(se.get());
     fuse_remove_signal_handlers(se.get());
-    throw Error("cannot daemonise");
+    throw IoError("cannot daemonise (see the message above)", err != 0 ? err : EIO);
   }
   // Decoded chunks (64 KiB..4 MiB) come from mmap, so an evicted chunk goes back to the OS at once
   // instead of fragmenting per-thread heaps (glibc would raise its threshold after the first free).
@@ -115,7 +110,7 @@ int serve(const Options &opts) {
   return rc == 0 ? kOk : kFailure;
 }
 
-// The one place where exceptions become exit codes.
+// The one place where exceptions become exit codes: exit_code_for(), shared with torshpkg(1).
 int run(int argc, char **argv) {
   try {
     const auto opts = parse_options(argc, argv);
@@ -128,31 +123,8 @@ int run(int argc, char **argv) {
       return kOk;
     }
     return serve(opts);
-  } catch (const UsageError &e) {
-    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
-    return kUsage;
-  } catch (const TrustError &e) {
-    const std::string_view why = e.what();
-    if (why.find("allow_unsigned") != std::string_view::npos)
-      fmt::print(stderr, "mount.torshpkg: refusing to mount: {}\n", why);
-    else
-      fmt::print(stderr,
-                 "mount.torshpkg: refusing to mount: {} (trust its key with -o trust=DIR or -o pubkey=FILE, "
-                 "or mount anyway with -o allow_unsigned)\n",
-                 why);
-    return kUntrusted;
-  } catch (const IntegrityError &e) {
-    fmt::print(stderr, "mount.torshpkg: damaged package: {}\n", e.what());
-    return kIntegrity;
-  } catch (const FormatError &e) {
-    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
-    return kFormat;
-  } catch (const IoError &e) {
-    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
-    return kIo;
-  } catch (const std::exception &e) {
-    fmt::print(stderr, "mount.torshpkg: {}\n", e.what());
-    return kFailure;
+  } catch (...) {
+    return exit_code_for(std::current_exception(), Tool::kMountHelper);
   }
 }
 

@@ -23,6 +23,7 @@
 #include "torshpkg/file.hpp"
 #include "torshpkg/file_kinds.hpp"
 #include "torshpkg/filter.hpp"
+#include "torshpkg/manifest.hpp"
 #include "torshpkg/model_formats.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/pool.hpp"
@@ -408,7 +409,8 @@ class Packer {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
-    auto &meta = new_file_entry(n.rel);
+    auto &meta = manifest_.files.emplace_back();  // the reference lives until the next file
+    meta.path = n.rel;
     const std::uint64_t first_chunk = submitted_;  // chunks commit in submission order
     // The whole-file digest is one serial SHA-256 per file: on its own thread it overlaps with
     // reading and encoding instead of holding up the thread that feeds the encoders.
@@ -446,7 +448,7 @@ class Packer {
         plan->choose(done, got, try_plain, tries);
       }
       done += got;
-      if (done > size) throw Error(path + ": file grew while it was being packed");
+      if (done > size) throw IoError(path + ": file grew while it was being packed", EIO);
       inflight_.push_back({pool_.submit([raw, level = opts_.level, try_plain, tries] {
                              return encode_chunk(*raw, level, try_plain, tries);
                            }),
@@ -458,28 +460,19 @@ class Packer {
     }
     // No wait for this file's chunks: small files pipeline through the encoders one after another.
     for (auto &h : hashing) h.get();
-    if (done != size) throw Error(path + ": file shrank while it was being packed");
+    if (done != size) throw IoError(path + ": file shrank while it was being packed", EIO);
 
     if (size == 0) kind = detect_kind(n.rel, {});
     auto &e = inodes_[n.ino];
     e.size = size;
     e.first = size ? static_cast<std::uint32_t>(first_chunk) : 0;
     e.kind = kind;
-    meta["kind"] = format::kind_name(kind);
-    meta["size"] = size;
-    meta["sha256"] = to_hex(whole->finish());
+    meta.kind = format::kind_name(kind);
+    meta.size = size;
+    meta.sha256 = whole->finish();
     ++result_.files;
     ++progress_.files_done;
     result_.raw_bytes += size;
-  }
-
-  // Each path arrives once: append without ordered_map's linear key search, which made a pack of
-  // 10,000 files quadratic (memcmp was a quarter of its CPU). The reference lives until the next file.
-  nlohmann::ordered_json &new_file_entry(const std::string &rel) {
-    using Entries = std::vector<std::pair<const std::string, nlohmann::ordered_json>>;
-    auto &entries = static_cast<Entries &>(files_json_.get_ref<nlohmann::ordered_json::object_t &>());
-    entries.emplace_back(rel, nlohmann::ordered_json::object());
-    return entries.back().second;
   }
 
   void commit_one() {
@@ -516,7 +509,7 @@ class Packer {
 
   // Records the summary in the manifest and returns the tensors' byte ranges (empty if not safetensors).
   std::vector<TensorRange> summarise_safetensors(int fd, const std::string &path, std::uint64_t size,
-                                                 const std::vector<std::uint8_t> &first, nlohmann::ordered_json &meta) {
+                                                 const std::vector<std::uint8_t> &first, ManifestFile &meta) {
     if (first.size() < 9 || first[8] != '{') return {};
     const std::uint64_t n = load_le<std::uint64_t>(first.data());
     if (n > kMaxSafetensorsHeader || !range_within(8, n, size)) return {};
@@ -527,11 +520,7 @@ class Packer {
       pread_exact(fd, head, 0, path);
     try {
       if (auto s = parse_safetensors(head, size)) {
-        nlohmann::ordered_json j;
-        j["tensors"] = s->tensors;
-        j["parameters"] = s->parameters;
-        j["dtypes"] = s->dtypes;
-        meta["safetensors"] = std::move(j);
+        meta.safetensors = ManifestFile::Safetensors{s->tensors, s->parameters, s->dtypes};
         return std::move(s->ranges);
       }
     } catch (const FormatError &e) {
@@ -541,13 +530,7 @@ class Packer {
   }
 
   void write_index() {
-    std::vector<std::uint8_t> strings;
-    auto add_string = [&](std::string_view s) {
-      if (strings.size() + s.size() > (1ull << 32)) throw UsageError("names too long in total for one package");
-      const auto off = static_cast<std::uint32_t>(strings.size());
-      strings.insert(strings.end(), s.begin(), s.end());
-      return off;
-    };
+    format::StringTable strings;
     for (const auto &n : nodes_) {
       auto &e = inodes_[n.ino];
       e.mode = (n.st.st_mode & S_IFMT) | (n.st.st_mode & 0777);
@@ -556,7 +539,7 @@ class Packer {
       e.mtime_nsec = static_cast<std::uint32_t>(n.st.st_mtim.tv_nsec);
       if (epoch_ && e.mtime_sec >= *epoch_) e.mtime_sec = *epoch_, e.mtime_nsec = 0;
       if (n.ino != 0) {
-        e.name_offset = add_string(n.name);
+        e.name_offset = strings.add(n.name);
         e.name_length = static_cast<std::uint32_t>(n.name.size());
       }
       if (S_ISDIR(n.st.st_mode)) {
@@ -564,19 +547,14 @@ class Packer {
         e.first = n.children.empty() ? 0 : nodes_[n.children.front()].ino;
       } else if (S_ISLNK(n.st.st_mode)) {
         e.size = n.link_target.size();
-        e.first = add_string(n.link_target);
+        e.first = strings.add(n.link_target);
       }
     }
     const std::string manifest = build_manifest();
 
-    const auto index = format::encode_index(chunks_, inodes_, strings, manifest);
+    const auto index = format::encode_index(chunks_, inodes_, strings.bytes(), manifest);
 
-    format::Footer f;
-    f.index_offset = pos_;
-    f.chunk_count = chunks_.size();
-    f.inode_count = inodes_.size();
-    f.strings_size = strings.size();
-    f.manifest_size = manifest.size();
+    auto f = format::footer_for(pos_, chunks_.size(), inodes_.size(), strings.bytes().size(), manifest.size());
     std::array<std::uint8_t, format::kFooterSize> footer{};
     format::encode(f, std::span(footer));
     Sha256 root;
@@ -600,24 +578,18 @@ class Packer {
   }
 
   std::string build_manifest() {
-    nlohmann::ordered_json m;
-    m["manifest_version"] = 1;
-    m["name"] = opts_.name;
-    m["version"] = opts_.version;
-    m["description"] = opts_.description;
-    m["authors"] = opts_.authors;
-    m["license"] = opts_.license;
-    m["created"] = iso8601_utc(epoch_ ? *epoch_ : std::time(nullptr));
-    m["tool"] = fmt::format("torshpkg {}", kVersion);
-    auto deps = nlohmann::ordered_json::array();
-    for (const auto &d : opts_.dependencies) deps.push_back({{"name", d.name}, {"range", d.range}});
-    m["dependencies"] = std::move(deps);
-    m["chunk_size"] = chunk_size_;
-    m["formats"] = formats_json_;
-    m["files"] = std::move(files_json_);
-    const std::string text = m.dump(1);
-    if (text.size() > format::kMaxManifestSize) throw UsageError("manifest would exceed 64 MiB: too many files");
-    return text;
+    auto &m = manifest_;
+    m.name = opts_.name;
+    m.version = opts_.version;
+    m.description = opts_.description;
+    m.authors = opts_.authors;
+    m.license = opts_.license;
+    m.created = iso8601_utc(epoch_ ? *epoch_ : std::time(nullptr));
+    m.tool = fmt::format("torshpkg {}", kVersion);
+    m.dependencies = opts_.dependencies;
+    m.chunk_size = chunk_size_;
+    m.formats = std::move(formats_json_);
+    return m.serialize();
   }
 
   const PackOptions &opts_;
@@ -636,7 +608,7 @@ class Packer {
   std::vector<format::InodeEntry> inodes_;
   std::vector<format::ChunkEntry> chunks_;
   std::unordered_map<Digest, format::ChunkEntry, DigestHash> dedup_;  // digest of stored bytes -> first entry
-  nlohmann::ordered_json files_json_ = nlohmann::ordered_json::object();
+  Manifest manifest_;  // files appended as they are packed, the rest filled in at the end
   nlohmann::ordered_json formats_json_ = nlohmann::ordered_json::object();
   std::array<std::uint8_t, format::kHeaderSize> header_bytes_{};
   int fd_ = -1;

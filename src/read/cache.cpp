@@ -5,7 +5,7 @@
 namespace torshpkg {
 
 namespace {
-std::uint64_t mix(std::uint64_t k) noexcept {  // spread keys (chunk offsets) over shards
+std::uint64_t mix(std::uint64_t k) noexcept {  // spread keys (chunk indices) over shards
   k ^= k >> 33;
   k *= 0xff51afd7ed558ccdull;
   k ^= k >> 33;

@@ -1,10 +1,8 @@
 #include "torshpkg/package.hpp"
 
 #include <sys/stat.h>
-#include <zstd.h>
 
 #include <fmt/format.h>
-#include <simdjson.h>
 #include <algorithm>
 
 #include "torshpkg/codec.hpp"
@@ -69,50 +67,72 @@ Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
 }  // namespace
 
 std::shared_ptr<const Package> Package::open(const std::string &path, ChunkDigests digests) {
+  return open(std::make_shared<FileSource>(path), digests);
+}
+
+std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> source, ChunkDigests digests) {
   std::shared_ptr<Package> p(new Package());
-  p->path_ = path;
-  p->digests_ = digests;
-  p->fd_ = open_read(path);
-  struct stat st {};
-  if (::fstat(p->fd_.get(), &st) != 0) throw_errno("stat", path);
-  if (!S_ISREG(st.st_mode)) throw UsageError(path + " is not a regular file");
-  p->file_size_ = static_cast<std::uint64_t>(st.st_size);
-  if (p->file_size_ < format::kHeaderSize + format::kFooterSize)
-    throw FormatError(fmt::format("{}: too small to be a package ({} bytes)", path, p->file_size_));
+  p->source_ = std::move(source);
+  const auto &name = p->source_->name();
+  const std::uint64_t size = p->source_->size();
+  if (size < format::kHeaderSize + format::kFooterSize)
+    throw FormatError(fmt::format("{}: too small to be a package ({} bytes)", name, size));
   std::array<std::uint8_t, format::kHeaderSize> head{};
   std::array<std::uint8_t, format::kFooterSize> tail{};
-  pread_exact(p->fd_.get(), head, 0, path);
-  pread_exact(p->fd_.get(), tail, p->file_size_ - format::kFooterSize, path);
+  p->source_->read(0, head);
+  p->source_->read(size - format::kFooterSize, tail);
   try {
     // The footer says how much index to read; validate it before allocating.
     std::vector<std::uint8_t> index(p->locate(tail));
-    pread_exact(p->fd_.get(), index, p->footer_.index_offset, path);
+    p->source_->read(p->footer_.index_offset, index);
     p->load(head, tail, std::move(index));
   } catch (const FormatError &e) {
-    throw FormatError(fmt::format("{}: {}", path, e.what()));
+    throw FormatError(fmt::format("{}: {}", name, e.what()));
   } catch (const IntegrityError &e) {
-    throw IntegrityError(fmt::format("{}: {}", path, e.what()));
+    throw IntegrityError(fmt::format("{}: {}", name, e.what()));
   }
+  p->pipeline_ = std::make_unique<ChunkPipeline>(p->source_,
+                                                 ChunkPipeline::standard_stages(digests == ChunkDigests::kVerify));
   return p;
 }
 
 std::shared_ptr<const Package> Package::from_bytes(std::span<const std::uint8_t> image, std::string name) {
+  return open(std::make_shared<MemorySource>(std::vector<std::uint8_t>(image.begin(), image.end()), std::move(name)));
+}
+
+std::shared_ptr<const Package> Package::from_index(SynthesizedIndex index, std::shared_ptr<const ChunkSource> source) {
   std::shared_ptr<Package> p(new Package());
-  p->path_ = std::move(name);
-  p->image_.assign(image.begin(), image.end());
-  p->file_size_ = image.size();
-  if (p->file_size_ < format::kHeaderSize + format::kFooterSize) throw FormatError("too small to be a package");
-  const auto head = std::span(p->image_).first<format::kHeaderSize>();
-  const auto tail = std::span(p->image_).last<format::kFooterSize>();
-  const auto index_size = p->locate(tail);  // sets footer_ first
-  const auto idx = std::span(p->image_).subspan(p->footer_.index_offset, index_size);
-  p->load(head, tail, std::vector<std::uint8_t>(idx.begin(), idx.end()));
+  p->source_ = std::move(source);
+  p->header_.chunk_shift = static_cast<std::uint8_t>(index.chunk_shift);
+  const std::string manifest = index.manifest.serialize();
+  const auto &strings = index.strings.bytes();
+  p->index_ = format::encode_index(index.chunks, index.inodes, strings, manifest);
+  // The index lives in memory, past the end of the source's bytes: chunk offsets stay below it.
+  p->footer_ = format::footer_for(p->source_->size(), index.chunks.size(), index.inodes.size(), strings.size(),
+                                  manifest.size());
+  p->inodes_at_ = index.chunks.size() * format::kChunkEntrySize;
+  p->strings_at_ = p->inodes_at_ + index.inodes.size() * format::kInodeEntrySize;
+  p->manifest_at_ = p->strings_at_ + strings.size();
+  p->manifest_ = std::move(index.manifest);
+  index.chunks.clear();
+  index.inodes.clear();
+  index.strings = {};
+  p->synthesized_ = std::make_unique<SynthesizedIndex>(std::move(index));
+  try {
+    // What the FUSE layer relies on (sorted unique siblings, names, depth, chunk runs) holds by
+    // validation, not by construction.
+    p->validate_inodes();
+  } catch (const FormatError &e) {
+    throw FormatError(fmt::format("{}: {}", p->path(), e.what()));
+  }
+  // No chunk digests: the source checks what the container has (a zip's CRC-32s).
+  p->pipeline_ = std::make_unique<ChunkPipeline>(p->source_, ChunkPipeline::standard_stages(false));
   return p;
 }
 
 std::uint64_t Package::locate(std::span<const std::uint8_t, format::kFooterSize> tail) {
   footer_ = format::decode_footer(tail);
-  const auto layout = check_layout(footer_, file_size_);
+  const auto layout = check_layout(footer_, source_->size());
   inodes_at_ = layout.chunks_bytes;
   strings_at_ = inodes_at_ + layout.inodes_bytes;
   manifest_at_ = strings_at_ + footer_.strings_size;
@@ -135,27 +155,15 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
   if (root.finish() != footer_.root_digest) throw IntegrityError("index or manifest is damaged (root digest mismatch)");
   validate_chunks();
   validate_inodes();
-  validate_manifest();
+  // Parsed once: xattrs, inspect and the FUSE layer read the result.
+  manifest_ = Manifest::parse(manifest_text());
   signatures_ = parse_signature_block(signature_block);
 }
 
-void Package::validate_manifest() const {
-  // Readers of the manifest (xattrs, inspect) can rely on one JSON object. simdjson validates at
-  // about a GB/s: a 10,000-file manifest (1.5 MB) costs ~1 ms at mount, where nlohmann's accept()
-  // took 11-17 ms, most of the mount time.
-  simdjson::dom::parser parser;
-  simdjson::dom::element root;
-  const simdjson::padded_string text(manifest_text());
-  if (const auto err = parser.parse(text).get(root); err)
-    throw FormatError(fmt::format("manifest is not valid JSON: {}", simdjson::error_message(err)));
-  if (root.type() != simdjson::dom::element_type::OBJECT) throw FormatError("manifest is not a JSON object");
-}
-
-void Package::validate_chunks() const {
+void Package::validate_chunks() {
   const std::uint32_t cs = chunk_size();
-  const std::uint64_t max_stored = ZSTD_compressBound(cs);
-  // Deduplicated entries share stored bytes; the cache is keyed by their offset, so every entry at
-  // one offset must describe those bytes identically. The writer appends fresh chunks in offset
+  // Deduplicated entries share stored bytes, and so one cache entry (cache_key): every entry at one
+  // offset must describe those bytes identically. The writer appends fresh chunks in offset
   // order and a dedup entry points back at one of them, so a binary search over the fresh offsets
   // finds its original; any other order (legal, never written by us) falls back to a sort. A hash
   // map here was half of open()'s time for a 16,000-chunk index (node allocations).
@@ -165,6 +173,7 @@ void Package::validate_chunks() const {
         o.filter != c.filter || o.digest != c.digest)
       throw FormatError(
           fmt::format("chunk {}: shares its stored bytes with chunk {} but describes them differently", i, first));
+    aliases_.emplace_back(i, first);
   };
   std::vector<std::pair<std::uint64_t, std::uint64_t>> fresh;  // (offset, chunk), increasing offsets
   bool in_writer_order = true;
@@ -172,8 +181,8 @@ void Package::validate_chunks() const {
     const auto c = chunk(i);
     auto bad = [&](std::string_view why) { return FormatError(fmt::format("chunk {}: {}", i, why)); };
     if (c.flags != 0) throw bad(fmt::format("unknown flags {:#x}", c.flags));
-    if (c.codec != format::Codec::kStored && c.codec != format::Codec::kZstd)
-      throw bad(fmt::format("unknown codec id {}", static_cast<unsigned>(c.codec)));
+    const ChunkCodec *codec = find_codec(static_cast<std::uint8_t>(c.codec));
+    if (!codec) throw bad(fmt::format("unknown codec id {}", static_cast<unsigned>(c.codec)));
     if (c.filter != format::Filter::kNone) {
       if (static_cast<unsigned>(c.filter) > static_cast<unsigned>(format::Filter::kFp32))
         throw bad(fmt::format("unknown filter id {}", static_cast<unsigned>(c.filter)));
@@ -182,9 +191,8 @@ void Package::validate_chunks() const {
       if (c.codec != format::Codec::kZstd) throw bad("a filter needs the zstd codec");
     }
     if (c.decoded_size == 0 || c.decoded_size > cs) throw bad("decoded size outside 1..chunk size");
-    if (c.stored_size == 0 || c.stored_size > max_stored) throw bad("stored size out of range");
-    if (c.codec == format::Codec::kStored && c.stored_size != c.decoded_size)
-      throw bad("stored chunk whose sizes differ");
+    if (c.stored_size == 0 || c.stored_size > codec->max_stored(cs)) throw bad("stored size out of range");
+    if (codec->identity && c.stored_size != c.decoded_size) throw bad("stored chunk whose sizes differ");
     if (c.offset < format::kHeaderSize || !range_within(c.offset, c.stored_size, footer_.index_offset))
       throw bad("stored bytes lie outside the data section");
     if (strict_reserved() && load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0)
@@ -201,6 +209,7 @@ void Package::validate_chunks() const {
       in_writer_order = false;
   }
   if (in_writer_order) return;
+  aliases_.clear();
   std::vector<std::pair<std::uint64_t, std::uint64_t>> all(static_cast<std::size_t>(footer_.chunk_count));
   for (std::uint64_t i = 0; i < footer_.chunk_count; ++i) all[i] = {chunk(i).offset, i};
   std::sort(all.begin(), all.end());  // by offset, then chunk: each run starts with its first chunk
@@ -210,6 +219,7 @@ void Package::validate_chunks() const {
     else
       same_bytes(all[k].second, all[run].second);
   }
+  std::sort(aliases_.begin(), aliases_.end());
 }
 
 void Package::validate_inodes() const {
@@ -266,7 +276,7 @@ void Package::validate_inodes() const {
         break;
       }
       case format::NodeType::kRegular: {
-        const std::uint64_t count = e.size / cs + (e.size % cs != 0);
+        const std::uint64_t count = format::chunks_for(e.size, header_.chunk_shift);
         if (count == 0) {
           if (e.first != 0) throw bad("empty file with a first chunk");
           break;
@@ -376,38 +386,49 @@ std::string Package::path_of(std::uint32_t ino) const {
   return out;
 }
 
-std::uint64_t Package::stored_size(std::uint32_t ino) const noexcept {
+std::uint64_t Package::chunks_in_file(std::uint32_t ino) const noexcept {
   const auto e = inode(ino);
   if ((e.mode & S_IFMT) != S_IFREG) return 0;
-  const std::uint64_t count = e.size / chunk_size() + (e.size % chunk_size() != 0);
+  return format::chunks_for(e.size, header_.chunk_shift);
+}
+
+std::uint64_t Package::stored_size(std::uint32_t ino) const noexcept {
+  const auto first = inode(ino).first;
   std::uint64_t total = 0;
-  for (std::uint64_t k = 0; k < count; ++k) total += chunk(e.first + k).stored_size;
+  for (std::uint64_t k = 0, n = chunks_in_file(ino); k < n; ++k) total += chunk(first + k).stored_size;
   return total;
 }
 
-void Package::read_stored(const format::ChunkEntry &c, std::span<std::uint8_t> out) const {
-  if (!image_.empty()) {
-    std::copy_n(image_.begin() + static_cast<std::ptrdiff_t>(c.offset), out.size(), out.begin());
-    return;
-  }
-  pread_exact(fd_.get(), out, c.offset, path_);
+std::string Package::codec_summary(std::uint32_t ino) const {
+  std::array<bool, 256> used{};
+  const auto first = inode(ino).first;
+  for (std::uint64_t k = 0, n = chunks_in_file(ino); k < n; ++k) used[static_cast<std::uint8_t>(chunk(first + k).codec)] = true;
+  std::string out;
+  for (unsigned id = used.size(); id-- > 0;)
+    if (used[id]) {
+      if (!out.empty()) out += '+';
+      out += codec_name(static_cast<format::Codec>(id));
+    }
+  return out.empty() ? "none" : out;
 }
 
-void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out, std::vector<std::uint8_t> &scratch) const {
-  const auto c = chunk(index);
-  if (out.size() != c.decoded_size) throw Error("load_chunk: output size differs from decoded size");
-  if (zip_) return load_zip_chunk(index, out);
-  // Stored chunks are read straight into the output; others through scratch.
-  std::span<std::uint8_t> stored = out;
-  if (c.codec != format::Codec::kStored) {
-    scratch.resize(c.stored_size);
-    stored = scratch;
-  }
-  read_stored(c, stored);
-  if (digests_ == ChunkDigests::kVerify && sha256(stored) != c.digest)
-    throw IntegrityError(fmt::format("chunk {} fails its SHA-256 digest", index));
-  thread_local ChunkDecoder decoder;  // one zstd context per thread, reused across packages
-  if (c.codec != format::Codec::kStored) decoder.decode(c.codec, c.filter, stored, out);
+std::optional<Digest> Package::file_sha256(std::uint32_t ino) const {
+  std::call_once(file_digests_once_, [this] {
+    file_digests_.assign(inode_count(), std::nullopt);
+    for (const auto &f : manifest_.files)
+      if (const auto i = resolve(f.path); i && f.sha256) file_digests_[*i] = f.sha256;
+  });
+  return ino < file_digests_.size() ? file_digests_[ino] : std::nullopt;
+}
+
+std::uint64_t Package::cache_key(std::uint64_t index) const noexcept {
+  if (aliases_.empty()) return index;
+  const auto it = std::lower_bound(aliases_.begin(), aliases_.end(), std::pair{index, std::uint64_t{0}});
+  return it != aliases_.end() && it->first == index ? it->second : index;
+}
+
+void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const {
+  pipeline_->load(ChunkWork{index, chunk(index)}, out);
 }
 
 }  // namespace torshpkg

@@ -53,27 +53,19 @@ void Reader::stop_workers() noexcept {
 }
 
 ChunkPtr Reader::chunk(std::uint64_t index, std::uint32_t ino_for_errors, bool *decoded_now) {
-  const auto entry = pkg_->chunk(index);
-  // Keyed by where the stored bytes live: deduplicated chunks share one cache entry.
+  // Deduplicated chunks share one cache entry.
   return cache_.get(
-      entry.offset,
+      pkg_->cache_key(index),
       [&]() -> ChunkPtr {
-        thread_local std::vector<std::uint8_t> scratch;
-        auto buf = pool_->take(entry.decoded_size);
+        auto buf = pool_->take(pkg_->chunk(index).decoded_size);
         try {
-          pkg_->load_chunk(index, *buf, scratch);
+          pkg_->load_chunk(index, *buf);
         } catch (const IntegrityError &e) {
           throw IntegrityError(fmt::format("{}: {}: {}", pkg_->path(), pkg_->path_of(ino_for_errors), e.what()));
         }
         return buf;
       },
       decoded_now);
-}
-
-std::uint64_t Reader::chunks_in_file(std::uint32_t ino) const {
-  const auto e = pkg_->inode(ino);
-  if (pkg_->type(ino) != format::NodeType::kRegular) return 0;
-  return (e.size >> pkg_->header().chunk_shift) + ((e.size & (pkg_->chunk_size() - 1)) != 0);
 }
 
 std::vector<ChunkSlice> Reader::slices(std::uint32_t ino, std::uint64_t offset, std::uint64_t length) {
@@ -122,9 +114,9 @@ void Reader::run_in_background(std::function<void()> job) {
 }
 
 ChunkPtr Reader::decode_ahead(std::uint32_t ino, std::uint64_t k) {
-  if (k >= chunks_in_file(ino)) return nullptr;
+  if (k >= pkg_->chunks_in_file(ino)) return nullptr;
   const std::uint64_t index = pkg_->inode(ino).first + k;
-  if (cache_.contains(pkg_->chunk(index).offset)) return nullptr;
+  if (cache_.contains(pkg_->cache_key(index))) return nullptr;
   bool decoded = false;
   try {
     auto c = chunk(index, ino, &decoded);
@@ -136,11 +128,11 @@ ChunkPtr Reader::decode_ahead(std::uint32_t ino, std::uint64_t k) {
 
 void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t count) {
   if (!workers_) return;
-  const std::uint64_t end = std::min(first + count, chunks_in_file(ino));
+  const std::uint64_t end = std::min(first + count, pkg_->chunks_in_file(ino));
   const auto base = pkg_->inode(ino).first;
   for (std::uint64_t k = first; k < end; ++k) {
     const std::uint64_t index = base + k;
-    if (cache_.contains(pkg_->chunk(index).offset)) continue;
+    if (cache_.contains(pkg_->cache_key(index))) continue;
     {
       std::lock_guard lock(queued_mu_);
       if (queued_.size() >= kMaxQueued) return;

@@ -21,7 +21,18 @@ std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStor
   return out;
 }
 
+TrustError unsigned_refusal(std::string_view location, std::string_view because, std::string_view remedy) {
+  return TrustError(fmt::format("{} is {}: mount it with -o allow_unsigned, or {}", location, because, remedy));
+}
+
 TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted) {
+  // A synthesised index (a zip mounted in place) has nothing a signature could cover: it is held to
+  // the rule for unsigned packages.
+  if (const auto *s = pkg.synthesized()) {
+    if (!allow_untrusted)
+      throw unsigned_refusal(pkg.path(), s->unsigned_because, s->remedy);
+    return {false, s->summary};
+  }
   std::vector<std::string> valid, untrusted;
   for (const auto &c : checks) {
     const auto id = key_id_short(c.entry.key_id);

@@ -30,6 +30,7 @@
 #include "torshpkg/file_kinds.hpp"
 #include "torshpkg/names.hpp"
 #include "torshpkg/package.hpp"
+#include "torshpkg/zip_package.hpp"
 #include "torshpkg/zipio.hpp"
 
 namespace torshpkg {
@@ -46,9 +47,6 @@ constexpr std::uint64_t kDeflateMaxRatio = 1032;
 // The chunk table is held in memory (56 bytes per chunk): 4 Mi chunks is 4 TiB of 1 MiB chunks.
 constexpr std::uint64_t kMaxZipChunks = 4ull << 20;
 constexpr std::uint64_t kMaxCentralDirectory = 1ull << 30;
-// Zip chunks never share stored bytes, so each is cached under its own index, in a key space
-// (high bit set) apart from real package offsets.
-constexpr std::uint64_t kZipCacheKeyBit = 1ull << 63;
 
 struct ZipEntry {
   std::string path;  // checked, without trailing '/'
@@ -73,14 +71,15 @@ std::int64_t dos_to_unix(std::uint16_t date, std::uint16_t time) {
 
 class CentralDirectory {
  public:
-  CentralDirectory(int fd, std::uint64_t file_size, const std::string &path) : fd_(fd), size_(file_size), path_(path) {}
+  explicit CentralDirectory(const ChunkSource &archive)
+      : archive_(archive), size_(archive.size()), path_(archive.name()) {}
 
   // Reads the end records and every central header. Entries come back in archive order.
   std::vector<ZipEntry> read() {
     locate_end();
     if (cd_size_ > kMaxCentralDirectory) throw bad(fmt::format("central directory of {} bytes is too large", cd_size_));
     std::vector<std::uint8_t> cd(static_cast<std::size_t>(cd_size_));
-    pread_exact(fd_, cd, cd_offset_, path_);
+    archive_.read(cd_offset_, cd);
     if (entries_ > cd_size_ / kCentralSize) throw bad("more entries than the central directory can hold");
     std::vector<ZipEntry> out;
     out.reserve(static_cast<std::size_t>(entries_));
@@ -100,7 +99,7 @@ class CentralDirectory {
     if (size_ < kEndSize) throw bad("too small");
     const std::uint64_t tail_len = std::min<std::uint64_t>(size_, kEndSize + 0xffff + kLocatorSize);
     std::vector<std::uint8_t> tail(static_cast<std::size_t>(tail_len));
-    pread_exact(fd_, tail, size_ - tail_len, path_);
+    archive_.read(size_ - tail_len, tail);
     // The end record is followed only by its comment; search from the end for one whose comment
     // length reaches exactly the end of the file.
     std::optional<std::size_t> end_at;
@@ -127,7 +126,7 @@ class CentralDirectory {
         throw bad("multi-volume archives are not supported");
       if (!range_within(end64_at, kEnd64Size, end_pos - kLocatorSize)) throw bad("zip64 end record outside the file");
       std::array<std::uint8_t, kEnd64Size> r{};
-      pread_exact(fd_, r, end64_at, path_);
+      archive_.read(end64_at, r);
       if (load_le<std::uint32_t>(r.data()) != kSigEnd64) throw bad("zip64 end record has a bad signature");
       if (load_le<std::uint32_t>(&r[16]) != 0 || load_le<std::uint32_t>(&r[20]) != 0 ||
           load_le<std::uint64_t>(&r[24]) != load_le<std::uint64_t>(&r[32]))
@@ -224,7 +223,7 @@ class CentralDirectory {
     if (need_size || need_comp || need_off) throw bad(fmt::format("entry '{}' lacks its zip64 field", z.path));
   }
 
-  int fd_;
+  const ChunkSource &archive_;
   std::uint64_t size_;
   const std::string &path_;
   std::uint64_t entries_ = 0, cd_size_ = 0, cd_offset_ = 0;
@@ -233,10 +232,10 @@ class CentralDirectory {
 }  // namespace
 
 // Name checks and magic live here rather than in zipio.cpp so that the driver does not link libzip.
-bool looks_like_zip(const std::string &path) {
-  const auto fd = open_read(path);
+bool looks_like_zip(const ChunkSource &source) {
   std::array<std::uint8_t, 4> magic{};
-  if (read_full(fd.get(), magic, path) != magic.size()) return false;
+  if (source.size() < magic.size()) return false;
+  source.read(0, magic);
   return magic[0] == 'P' && magic[1] == 'K' && ((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6));
 }
 
@@ -274,29 +273,42 @@ void ZipTreeClaims::claim(const std::string &path, bool is_directory) {
   it->second.named = true;  // a directory that earlier entries implied, now listed itself
 }
 
-// Loads the chunks of a zip-backed package; shared by every reader thread.
-class ZipChunkSource {
+// The bytes of a zip's regular files, decoded and laid end to end: file f occupies
+// [files_[f].base, files_[f].base + size), and the synthesised chunk table points into that space.
+// Reads come in whole chunks (the pipeline reads one chunk at a time); shared by every reader thread.
+class ZipSource final : public ChunkSource {
  public:
   struct File {
-    std::uint64_t first_chunk = 0, chunks = 0;
+    std::uint64_t base = 0, chunks = 0;
     ZipEntry entry;
   };
 
-  ZipChunkSource(int fd, std::string path, std::uint32_t chunk_size, std::uint64_t data_limit, std::vector<File> files)
-      : fd_(fd),
-        path_(std::move(path)),
-        chunk_size_(chunk_size),
-        data_limit_(data_limit),
-        files_(std::move(files)),
-        data_at_(files_.size()) {}
+  ZipSource(std::shared_ptr<const ChunkSource> archive, std::uint32_t chunk_size, std::uint64_t data_limit)
+      : archive_(std::move(archive)), path_(archive_->name()), chunk_size_(chunk_size), data_limit_(data_limit) {}
 
-  // Fills `out` with chunk `index` of the package (its decoded size).
-  void load(std::uint64_t index, std::span<std::uint8_t> out) {
-    const auto it = std::upper_bound(files_.begin(), files_.end(), index,
-                                     [](std::uint64_t i, const File &f) { return i < f.first_chunk; });
-    if (it == files_.begin()) throw Error("zip chunk index before the first file");
+  // Adds the next regular file with data; returns where its bytes start. Before any read.
+  std::uint64_t add(const ZipEntry &e, std::uint64_t chunks) {
+    files_.push_back({size_, chunks, e});
+    size_ += e.size;
+    return files_.back().base;
+  }
+  void seal() { data_at_ = std::vector<std::atomic<std::uint64_t>>(files_.size()); }
+
+  [[nodiscard]] std::uint64_t size() const noexcept override { return size_; }
+  [[nodiscard]] const std::string &name() const noexcept override { return path_; }
+  [[nodiscard]] std::int64_t mtime() const noexcept override { return archive_->mtime(); }
+
+  void read(std::uint64_t offset, std::span<std::uint8_t> out) const override {
+    const auto it = std::upper_bound(files_.begin(), files_.end(), offset,
+                                     [](std::uint64_t o, const File &f) { return o < f.base; });
+    if (it == files_.begin() || !range_within(offset, out.size(), size_))
+      throw FormatError(fmt::format("{}: read outside the archive's entries", path_));
     const auto f = static_cast<std::size_t>(std::prev(it) - files_.begin());
-    const std::uint64_t k = index - files_[f].first_chunk;
+    const std::uint64_t within = offset - files_[f].base;
+    const std::uint64_t k = within / chunk_size_;
+    const std::uint64_t chunk_bytes = std::min<std::uint64_t>(chunk_size_, files_[f].entry.size - k * chunk_size_);
+    if (within % chunk_size_ != 0 || out.size() != chunk_bytes)
+      throw InternalError("zip entries are read one whole chunk at a time");
     try {
       if (files_[f].entry.method == kMethodStored)
         load_stored(f, k, out);
@@ -308,11 +320,11 @@ class ZipChunkSource {
   }
 
   // The whole (small) entry: symlink targets, read at open.
-  std::string read_small(const ZipEntry &e) {
+  std::string read_small(const ZipEntry &e) const {
     std::string out(static_cast<std::size_t>(e.size), '\0');
     const auto bytes = std::span(reinterpret_cast<std::uint8_t *>(out.data()), out.size());
     if (e.method == kMethodStored) {
-      pread_exact(fd_, bytes, data_offset(e, SIZE_MAX), path_);
+      archive_->read(data_offset(e, SIZE_MAX), bytes);
     } else {
       Inflater inf;
       inf.reset(data_offset(e, SIZE_MAX));
@@ -343,7 +355,7 @@ class ZipChunkSource {
     void reset(std::uint64_t data_offset) {
       if (live) ::inflateEnd(&zs);
       zs = z_stream{};
-      if (::inflateInit2(&zs, -MAX_WBITS) != Z_OK) throw Error("zlib: cannot start an inflate stream");
+      if (::inflateInit2(&zs, -MAX_WBITS) != Z_OK) throw InternalError("zlib: cannot start an inflate stream");
       live = true;
       data = data_offset;
       consumed = 0;
@@ -359,11 +371,11 @@ class ZipChunkSource {
   };
 
   // Where entry data starts, from its local header (read once per entry). `f` indexes data_at_.
-  std::uint64_t data_offset(const ZipEntry &e, std::size_t f) {
+  std::uint64_t data_offset(const ZipEntry &e, std::size_t f) const {
     if (f != SIZE_MAX)
       if (const auto known = data_at_[f].load(std::memory_order_acquire)) return known;
     std::array<std::uint8_t, kLocalSize> h{};
-    pread_exact(fd_, h, e.local_offset, path_);
+    archive_->read(e.local_offset, h);
     if (load_le<std::uint32_t>(h.data()) != kSigLocal)
       throw FormatError(fmt::format("{}: zip entry '{}': local header has a bad signature", path_, e.path));
     const std::uint64_t data =
@@ -379,14 +391,14 @@ class ZipChunkSource {
       throw IntegrityError(fmt::format("{}: zip entry '{}' fails its CRC-32", path_, e.path));
   }
 
-  void load_stored(std::size_t f, std::uint64_t k, std::span<std::uint8_t> out) {
+  void load_stored(std::size_t f, std::uint64_t k, std::span<std::uint8_t> out) const {
     const auto &e = files_[f].entry;
-    pread_exact(fd_, out, data_offset(e, f) + k * chunk_size_, path_);
+    archive_->read(data_offset(e, f) + k * chunk_size_, out);
     if (files_[f].chunks == 1) check_crc(e, out);
   }
 
   // Produces exactly out.size() more bytes of the entry.
-  void inflate_into(Inflater &inf, const ZipEntry &e, std::span<std::uint8_t> out) {
+  void inflate_into(Inflater &inf, const ZipEntry &e, std::span<std::uint8_t> out) const {
     inf.zs.next_out = out.data();
     inf.zs.avail_out = static_cast<uInt>(out.size());
     while (inf.zs.avail_out > 0) {
@@ -403,18 +415,18 @@ class ZipChunkSource {
     inf.crc = static_cast<std::uint32_t>(::crc32_z(inf.crc, out.data(), out.size()));
   }
 
-  void refill(Inflater &inf, const ZipEntry &e) {
+  void refill(Inflater &inf, const ZipEntry &e) const {
     const std::uint64_t left = e.comp_size - inf.consumed;
     if (left == 0) return;  // inflate reports the end (or its absence)
     inf.in.resize(static_cast<std::size_t>(std::min<std::uint64_t>(left, kInputBuffer)));
-    pread_exact(fd_, inf.in, inf.data + inf.consumed, path_);
+    archive_->read(inf.data + inf.consumed, inf.in);
     inf.consumed += inf.in.size();
     inf.zs.next_in = inf.in.data();
     inf.zs.avail_in = static_cast<uInt>(inf.in.size());
   }
 
   // After the last byte: the stream must end here, and the CRC must match.
-  void finish(Inflater &inf, const ZipEntry &e) {
+  void finish(Inflater &inf, const ZipEntry &e) const {
     std::uint8_t extra = 0;
     for (;;) {
       if (inf.zs.avail_in == 0) refill(inf, e);
@@ -431,7 +443,7 @@ class ZipChunkSource {
     if (inf.crc != e.crc) throw IntegrityError(fmt::format("{}: zip entry '{}' fails its CRC-32", path_, e.path));
   }
 
-  std::shared_ptr<Cursor> cursor_for(std::size_t f) {
+  std::shared_ptr<Cursor> cursor_for(std::size_t f) const {
     std::lock_guard lock(cursors_mu_);
     for (auto it = cursors_.begin(); it != cursors_.end(); ++it) {
       if (it->first != f) continue;
@@ -443,7 +455,7 @@ class ZipChunkSource {
     return cursors_.front().second;
   }
 
-  void load_deflated(std::size_t f, std::uint64_t k, std::span<std::uint8_t> out) {
+  void load_deflated(std::size_t f, std::uint64_t k, std::span<std::uint8_t> out) const {
     const auto &file = files_[f];
     const auto cur = cursor_for(f);
     std::lock_guard lock(cur->mu);
@@ -472,18 +484,19 @@ class ZipChunkSource {
       }
     }
     const auto &buf = cur->ring[k % kRing];
-    if (buf.size() != out.size()) throw Error("zip chunk size differs from the chunk table");
+    if (buf.size() != out.size()) throw InternalError("zip chunk size differs from the chunk table");
     std::copy(buf.begin(), buf.end(), out.begin());
   }
 
-  int fd_;
+  std::shared_ptr<const ChunkSource> archive_;
   std::string path_;
   std::uint32_t chunk_size_;
   std::uint64_t data_limit_;
+  std::uint64_t size_ = 0;
   std::vector<File> files_;  // regular files with data, in chunk order
-  std::vector<std::atomic<std::uint64_t>> data_at_;
-  std::mutex cursors_mu_;
-  std::list<std::pair<std::size_t, std::shared_ptr<Cursor>>> cursors_;  // most recent first
+  mutable std::vector<std::atomic<std::uint64_t>> data_at_;
+  mutable std::mutex cursors_mu_;
+  mutable std::list<std::pair<std::size_t, std::shared_ptr<Cursor>>> cursors_;  // most recent first
 };
 
 namespace {
@@ -499,17 +512,9 @@ struct TreeNode {
 
 }  // namespace
 
-std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
-  std::shared_ptr<Package> p(new Package());
-  p->path_ = path;
-  p->digests_ = ChunkDigests::kSkipForBenchmark;  // zip entries carry CRC-32s, checked by ZipChunkSource
-  p->fd_ = open_read(path);
-  struct stat st {};
-  if (::fstat(p->fd_.get(), &st) != 0) throw_errno("stat", path);
-  if (!S_ISREG(st.st_mode)) throw UsageError(path + " is not a regular file");
-  p->file_size_ = static_cast<std::uint64_t>(st.st_size);
-
-  CentralDirectory cd(p->fd_.get(), p->file_size_, path);
+std::shared_ptr<const Package> open_zip(std::shared_ptr<const ChunkSource> archive) {
+  const std::string path = archive->name();
+  CentralDirectory cd(*archive);
   const auto entries = cd.read();
 
   std::vector<TreeNode> nodes(1);
@@ -557,19 +562,15 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
       order.push_back(child);
     }
 
-  const std::uint32_t cs = p->chunk_size();
-  std::vector<std::uint8_t> strings;
-  auto add_string = [&](std::string_view s) {
-    if (strings.size() + s.size() > (1ull << 32)) throw FormatError(path + ": names too long in total");
-    const auto off = static_cast<std::uint32_t>(strings.size());
-    strings.insert(strings.end(), s.begin(), s.end());
-    return off;
-  };
-  std::vector<format::InodeEntry> inodes(order.size());
-  std::vector<format::ChunkEntry> chunks;
-  std::vector<ZipChunkSource::File> files;
+  SynthesizedIndex index;
+  const std::uint32_t cs = 1u << index.chunk_shift;
+  auto source = std::make_shared<ZipSource>(archive, cs, cd.data_limit());
+  auto &strings = index.strings;
+  auto &inodes = index.inodes;
+  auto &chunks = index.chunks;
+  inodes.resize(order.size());
   std::vector<std::pair<std::uint32_t, std::size_t>> symlinks;  // inode, entry
-  const auto archive_mtime = static_cast<std::int64_t>(st.st_mtim.tv_sec);
+  const std::int64_t archive_mtime = archive->mtime();
   for (std::size_t ino = 0; ino < order.size(); ++ino) {
     const auto &n = nodes[order[ino]];
     auto &e = inodes[ino];
@@ -577,7 +578,7 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
     e.parent = ino_of[n.parent];
     e.mtime_sec = z ? z->mtime : archive_mtime;
     if (ino != 0) {
-      e.name_offset = add_string(n.name);
+      e.name_offset = strings.add(n.name);
       e.name_length = static_cast<std::uint32_t>(n.name.size());
     }
     switch (n.type) {
@@ -594,15 +595,15 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
         e.mode = S_IFREG | z->perm;
         e.size = z->size;
         e.kind = detect_kind(n.name, {});
-        const std::uint64_t count = z->size / cs + (z->size % cs != 0);
+        const std::uint64_t count = format::chunks_for(z->size, index.chunk_shift);
         if (count == 0) break;
         if (chunks.size() + count > kMaxZipChunks)
           throw FormatError(fmt::format("{}: entries claim more than {} chunks of data", path, kMaxZipChunks));
         e.first = static_cast<std::uint32_t>(chunks.size());
-        files.push_back({chunks.size(), count, *z});
+        const std::uint64_t base = source->add(*z, count);
         for (std::uint64_t k = 0; k < count; ++k) {
           format::ChunkEntry c;
-          c.offset = kZipCacheKeyBit | chunks.size();
+          c.offset = base + k * cs;
           c.decoded_size = static_cast<std::uint32_t>(std::min<std::uint64_t>(cs, z->size - k * cs));
           c.stored_size = c.decoded_size;
           chunks.push_back(c);
@@ -611,46 +612,27 @@ std::shared_ptr<const Package> Package::open_zip(const std::string &path) {
       }
     }
   }
-  p->zip_ = std::make_shared<ZipChunkSource>(p->fd_.get(), path, cs, cd.data_limit(), std::move(files));
+  source->seal();
   for (const auto &[ino, entry] : symlinks) {
-    const auto target = p->zip_->read_small(entries[entry]);
+    const auto target = source->read_small(entries[entry]);
     if (const auto why = symlink_problem(target))
       throw FormatError(fmt::format("{}: symlink entry '{}': {}", path, entries[entry].path, *why));
     inodes[ino].size = target.size();
-    inodes[ino].first = add_string(target);
+    inodes[ino].first = strings.add(target);
   }
 
-  nlohmann::ordered_json m;
-  m["manifest_version"] = 1;
+  auto &m = index.manifest;
+  m.kind = Manifest::Kind::kSynthesized;
   const auto slash = path.rfind('/');
-  m["name"] = slash == std::string::npos ? path : path.substr(slash + 1);
-  m["version"] = "0.0.0";
-  m["description"] = "zip archive mounted directly: no signature, entries checked by CRC-32 only";
-  m["source"] = "zip";
-  m["chunk_size"] = cs;
-  const std::string manifest = m.dump(2);
-
-  p->index_ = format::encode_index(chunks, inodes, strings, manifest);
-  p->footer_.index_offset = p->file_size_;
-  p->footer_.chunk_count = chunks.size();
-  p->footer_.inode_count = inodes.size();
-  p->footer_.strings_size = strings.size();
-  p->footer_.manifest_size = manifest.size();
-  p->inodes_at_ = chunks.size() * format::kChunkEntrySize;
-  p->strings_at_ = p->inodes_at_ + inodes.size() * format::kInodeEntrySize;
-  p->manifest_at_ = p->strings_at_ + strings.size();
-  try {
-    // The synthesised tree goes through the same checks as a package's: what the FUSE layer relies on
-    // (sorted unique siblings, names, depth, chunk runs) holds by validation, not by construction.
-    p->validate_inodes();
-  } catch (const FormatError &e) {
-    throw FormatError(fmt::format("{}: {}", path, e.what()));
-  }
-  return p;
-}
-
-void Package::load_zip_chunk(std::uint64_t index, std::span<std::uint8_t> out) const {
-  zip_->load(index, out);
+  m.name = slash == std::string::npos ? path : path.substr(slash + 1);
+  m.version = "0.0.0";
+  m.description = "zip archive mounted directly: no signature, entries checked by CRC-32 only";
+  m.source = "zip";
+  m.chunk_size = cs;
+  index.unsigned_because = kZipUnsignedBecause;
+  index.remedy = kZipRemedy;
+  index.summary = "a zip archive (no signature; entries checked by CRC-32)";
+  return Package::from_index(std::move(index), std::move(source));
 }
 
 }  // namespace torshpkg

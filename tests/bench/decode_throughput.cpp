@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "torshpkg/codec.hpp"
+#include "torshpkg/pipeline.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
@@ -94,7 +95,7 @@ double rate(std::uint64_t bytes, double seconds) {
 
 std::string group_name(const ChunkEntry &c) {
   if (c.codec == torshpkg::format::Codec::kStored) return "stored";
-  return fmt::format("{}+{}", torshpkg::format::codec_name(c.codec), torshpkg::filter_name(c.filter));
+  return fmt::format("{}+{}", torshpkg::codec_name(c.codec), torshpkg::filter_name(c.filter));
 }
 
 [[noreturn]] void usage(int status) {

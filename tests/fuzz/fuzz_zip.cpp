@@ -1,10 +1,7 @@
-// libFuzzer target over mounting a zip in place: bytes -> Package::open_zip (hand-written central
+// libFuzzer target over mounting a zip in place: bytes -> open_zip (hand-written central
 // directory parser, tree synthesis) -> read every file through a Reader, forwards and then from
 // the end (the deflate cursor restarts). torshpkg errors are expected; crashes, sanitizer reports,
 // hangs and unbounded memory are findings. Build with -Dfuzz=true (see scripts/fuzz --target zip).
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,23 +9,16 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/reader.hpp"
+#include "torshpkg/zip_package.hpp"
 
 extern "C" const char *__ubsan_default_options() {
   return "halt_on_error=1:abort_on_error=1:print_stacktrace=1";
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
-  // open_zip reads a file by path: a memfd gives one without touching the disk.
-  static const int fd = ::memfd_create("fuzz-zip", MFD_CLOEXEC);
-  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
-  if (fd < 0 || ::ftruncate(fd, 0) != 0) return 0;
-  for (std::size_t done = 0; done < size;) {
-    const ssize_t n = ::pwrite(fd, data + done, size - done, static_cast<off_t>(done));
-    if (n <= 0) return 0;
-    done += static_cast<std::size_t>(n);
-  }
   try {
-    const auto pkg = torshpkg::Package::open_zip(path);
+    const auto pkg = torshpkg::open_zip(
+        std::make_shared<torshpkg::MemorySource>(std::vector<std::uint8_t>(data, data + size), "fuzz.zip"));
     torshpkg::Reader reader(pkg, 8u << 20);
     std::vector<std::uint8_t> buf(64 << 10);
     for (std::uint32_t i = 0; i < pkg->inode_count(); ++i) {

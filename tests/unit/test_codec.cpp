@@ -9,6 +9,7 @@
 
 #include "helpers.hpp"
 #include "torshpkg/codec.hpp"
+#include "torshpkg/pipeline.hpp"
 #include "torshpkg/errors.hpp"
 
 using namespace torshpkg;

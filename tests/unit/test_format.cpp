@@ -9,6 +9,7 @@
 #include "helpers.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/codec.hpp"
 #include "torshpkg/format.hpp"
 
 using namespace torshpkg;
@@ -358,9 +359,9 @@ TEST_CASE("kind_name and codec_name") {
   CHECK(f::kind_name(f::FileKind::kTokenizer) == "tokenizer");
   CHECK(f::kind_name(f::FileKind::kData) == "data");
   CHECK(f::kind_name(static_cast<f::FileKind>(200)) == "other");
-  CHECK(f::codec_name(f::Codec::kStored) == "stored");
-  CHECK(f::codec_name(f::Codec::kZstd) == "zstd");
-  CHECK(f::codec_name(static_cast<f::Codec>(9)) == "unknown");
+  CHECK(torshpkg::codec_name(f::Codec::kStored) == "stored");
+  CHECK(torshpkg::codec_name(f::Codec::kZstd) == "zstd");
+  CHECK(torshpkg::codec_name(static_cast<f::Codec>(9)) == "unknown");
 }
 
 TEST_CASE("format constants are consistent") {

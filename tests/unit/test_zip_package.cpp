@@ -1,4 +1,4 @@
-// Package::open_zip: a zip presented as a package. Archives are built here byte by byte, so that
+// open_zip: a zip presented as a package. Archives are built here byte by byte, so that
 // each hostile case changes exactly one field the parser must check.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
@@ -11,6 +11,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/reader.hpp"
+#include "torshpkg/zip_package.hpp"
 #include "torshpkg/zipio.hpp"
 
 using namespace torshpkg;
@@ -110,7 +111,7 @@ class ZipBuilder {
 std::shared_ptr<const Package> open_bytes(const th::TempDir &dir, const Bytes &zip) {
   const auto p = dir / "a.zip";
   th::write_file(p, zip);
-  return Package::open_zip(p.string());
+  return open_zip(std::make_shared<FileSource>(p.string()));
 }
 
 Bytes read_all(Reader &r, std::string_view path) {
@@ -135,7 +136,7 @@ TEST_CASE("open_zip: stored, deflated, implied directories, modes, in any read o
       .add({"conf/a.json", th::bytes_of("{\"a\": 1}"), true, 0})
       .add({"empty", {}, false, 0});
   const auto pkg = open_bytes(d, b.build());
-  CHECK(pkg->is_zip());
+  CHECK(pkg->synthesized() != nullptr);
   Reader r(pkg, 64ull << 20);
   CHECK(read_all(r, "w/raw.bin") == raw);
   CHECK(read_all(r, "conf/a.json") == th::bytes_of("{\"a\": 1}"));

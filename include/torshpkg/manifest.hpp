@@ -1,0 +1,58 @@
+// The manifest (docs/FORMAT.md, "Manifest"): one type that owns its schema. The packer and the zip
+// synthesiser build one and serialise it; Package::open parses it once (simdjson: about 1 ms for a
+// 10,000-file manifest) and every reader -- xattrs, inspect, the FUSE layer -- uses the result.
+//
+// Parsing is lenient, as readers always were: a field of the wrong type is treated as absent. Only
+// "not JSON" and "not an object" are format errors (a newer writer may add fields; they are kept in
+// `extra` so that inspect shows them).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torshpkg/digest.hpp"
+#include "torshpkg/semver.hpp"
+
+namespace torshpkg {
+
+struct ManifestFile {
+  std::string path;  // package-relative
+  std::string kind;  // format::kind_name
+  std::uint64_t size = 0;
+  std::optional<Digest> sha256;  // of the whole file
+  struct Safetensors {
+    std::uint64_t tensors = 0, parameters = 0;
+    std::map<std::string, std::uint64_t> dtypes;  // dtype -> tensor count
+  };
+  std::optional<Safetensors> safetensors;
+};
+
+struct Manifest {
+  // A package's manifest has every field below; a synthesised one (a zip mounted in place) has only
+  // manifest_version, name, version, description, source and chunk_size.
+  enum class Kind : std::uint8_t { kPackage, kSynthesized };
+  Kind kind = Kind::kPackage;
+  std::uint64_t manifest_version = 1;
+  std::string name, version, description, license, created, tool;
+  std::vector<std::string> authors;
+  std::vector<Dependency> dependencies;
+  std::string source;  // synthesised: where the tree comes from ("zip")
+  std::uint64_t chunk_size = 0;
+  nlohmann::ordered_json formats = nlohmann::ordered_json::object();  // model_formats.hpp
+  std::vector<ManifestFile> files;                                     // in package order
+  nlohmann::ordered_json extra = nlohmann::ordered_json::object();    // fields this reader does not know
+
+  // The stored text (the packer writes it; the root digest covers it). Throws FormatError past
+  // format::kMaxManifestSize.
+  [[nodiscard]] std::string serialize() const;
+  // The same document as JSON, for inspect --json.
+  [[nodiscard]] nlohmann::ordered_json to_json() const;
+  // Throws FormatError when `text` is not a JSON object.
+  [[nodiscard]] static Manifest parse(std::string_view text);
+};
+
+}  // namespace torshpkg

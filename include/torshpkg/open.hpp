@@ -1,0 +1,30 @@
+// Opening a package by location: the one table of backends (where the bytes come from: a file
+// today; HTTP, S3, OCI registries later) and of containers (how the bytes are read: a .tpkg, or a
+// zip mounted in place). src/open/open.cpp holds both tables.
+//
+// Adding a backend: a ChunkSource in its own file (src/io/ or a folder of its own) and one line
+// in kBackends. Adding a container: its opener in its own file and one line in kContainers.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "torshpkg/package.hpp"
+
+namespace torshpkg {
+
+struct OpenOptions {
+  ChunkDigests digests = ChunkDigests::kVerify;
+  // Also open containers other than .tpkg (zip archives, whose index is synthesised).
+  bool any_container = false;
+  // Such containers cannot be signed: without this, recognising one is a TrustError, before any
+  // of it is parsed.
+  bool allow_unsigned = false;
+};
+
+// The source for a location: a path, or a URL of a scheme a backend serves (UsageError naming the
+// scheme otherwise).
+[[nodiscard]] std::shared_ptr<const ChunkSource> open_source(const std::string &location);
+// The package at a location: the container is recognised from its first bytes.
+[[nodiscard]] std::shared_ptr<const Package> open_package(const std::string &location, const OpenOptions &opts = {});
+
+}  // namespace torshpkg

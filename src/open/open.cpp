@@ -1,0 +1,66 @@
+#include "torshpkg/open.hpp"
+
+#include <fmt/format.h>
+
+#include "torshpkg/errors.hpp"
+#include "torshpkg/trust_policy.hpp"
+#include "torshpkg/zip_package.hpp"
+
+namespace torshpkg {
+
+namespace {
+
+struct Backend {
+  std::string_view scheme;  // "file" serves plain paths too
+  std::shared_ptr<const ChunkSource> (*open)(const std::string &location);
+};
+
+const Backend kBackends[] = {
+    {"file", [](const std::string &loc) -> std::shared_ptr<const ChunkSource> {
+       return std::make_shared<FileSource>(loc.starts_with("file://") ? loc.substr(7) : loc);
+     }},
+};
+
+struct Container {
+  std::string_view name;
+  std::string_view unsigned_because, remedy;  // for the refusal when unsigned packages are not allowed
+  bool (*recognises)(const ChunkSource &source);
+  std::shared_ptr<const Package> (*open)(std::shared_ptr<const ChunkSource> source, const OpenOptions &opts);
+};
+
+const Container kContainers[] = {
+    {"zip", kZipUnsignedBecause, kZipRemedy, looks_like_zip,
+     [](std::shared_ptr<const ChunkSource> s, const OpenOptions &) { return open_zip(std::move(s)); }},
+};
+
+// "https" for "https://host/x"; empty for a path.
+std::string_view scheme_of(std::string_view location) {
+  const auto colon = location.find("://");
+  if (colon == std::string_view::npos || colon == 0) return {};
+  for (char c : location.substr(0, colon))
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.')) return {};
+  return location.substr(0, colon);
+}
+
+}  // namespace
+
+std::shared_ptr<const ChunkSource> open_source(const std::string &location) {
+  const auto scheme = scheme_of(location);
+  for (const auto &b : kBackends)
+    if (b.scheme == scheme || (scheme.empty() && b.scheme == "file")) return b.open(location);
+  throw UsageError(fmt::format("{}: no backend for {}:// locations in this build", location, scheme));
+}
+
+std::shared_ptr<const Package> open_package(const std::string &location, const OpenOptions &opts) {
+  auto source = open_source(location);
+  if (opts.any_container)
+    for (const auto &c : kContainers)
+      if (c.recognises(*source)) {
+        if (!opts.allow_unsigned)
+          throw unsigned_refusal(location, c.unsigned_because, c.remedy);
+        return c.open(std::move(source), opts);
+      }
+  return Package::open(std::move(source), opts.digests);  // .tpkg: the native container
+}
+
+}  // namespace torshpkg
