@@ -8,7 +8,9 @@
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/writer.hpp"
+#if TORSHPKG_WITH_ZIPIO
 #include "torshpkg/zipio.hpp"
+#endif
 
 namespace torshpkg::cli {
 
@@ -115,6 +117,7 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
       std::signal(SIGINT, on_signal);
       std::signal(SIGTERM, on_signal);
       std::optional<TempTree> unpacked;
+#if TORSHPKG_WITH_ZIPIO
       if (!zip->empty()) {
         if (opts->name.empty()) opts->name = std::filesystem::path(*zip).stem().string();
         unpacked.emplace(opts->output + ".import");
@@ -127,6 +130,7 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
         if (!*quiet) fmt::print("{}: {} files, {} directories, {}\n", *zip, z.files, z.directories, human_bytes(z.bytes));
         opts->source_dir = unpacked->path();
       }
+#endif
       const auto r = pack(*opts);
       bar.finish();
       if (!*quiet) {
@@ -146,6 +150,8 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
 }
 
 void add_pack(CLI::App &app, Action &action) { add_pack_command(app, action, false); }
+#if TORSHPKG_WITH_ZIPIO
 void add_import(CLI::App &app, Action &action) { add_pack_command(app, action, true); }
+#endif
 
 }  // namespace torshpkg::cli

@@ -22,8 +22,10 @@ static int run(int argc, char **argv) {
   add_verify(app, action);
   add_keygen(app, action);
   add_sign(app, action);
+#if TORSHPKG_WITH_ZIPIO  // meson -Dzip=disabled: no libzip, no import/export
   add_import(app, action);
   add_export(app, action);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {

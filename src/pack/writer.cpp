@@ -24,7 +24,9 @@
 #include "torshpkg/file_kinds.hpp"
 #include "torshpkg/filter.hpp"
 #include "torshpkg/manifest.hpp"
+#if TORSHPKG_WITH_ANALYSIS
 #include "torshpkg/model_formats.hpp"
+#endif
 #include "torshpkg/names.hpp"
 #include "torshpkg/pool.hpp"
 #include "torshpkg/version.hpp"
@@ -365,6 +367,10 @@ class Packer {
   // Recognises model formats in the walked tree (model_formats.hpp) before any data is written, so
   // that --strict fails fast; the result goes into the manifest's "formats".
   void analyse_model_formats() {
+#if !TORSHPKG_WITH_ANALYSIS
+    // Built with -Danalysis=disabled: the manifest's "formats" stays empty.
+    if (opts_.strict) throw UsageError("--strict needs the model-format analysis, which this build does not include");
+#else
     std::vector<TreeEntry> entries;
     entries.reserve(nodes_.size());
     for (const auto &n : nodes_) {
@@ -387,6 +393,7 @@ class Packer {
       throw UsageError(fmt::format("--strict: {} model format problem{} found, the first: {}", a.problems.size(),
                                    a.problems.size() == 1 ? "" : "s", a.problems.front()));
     formats_json_ = std::move(a.formats);
+#endif
   }
 
   void check_cancel() const {

@@ -1,4 +1,4 @@
-// Bounds-checked parsing of safetensors headers (pack-time analysis and filter planning).
+// Bounds-checked parsing of safetensors headers (the packer's filter planning and the analysis).
 #include "torshpkg/safetensors.hpp"
 
 #include <algorithm>
