@@ -3,8 +3,9 @@
 // 10,000-file manifest) and every reader -- xattrs, inspect, the FUSE layer -- uses the result.
 //
 // Parsing is lenient, as readers always were: a field of the wrong type is treated as absent. Only
-// "not JSON" and "not an object" are format errors (a newer writer may add fields; they are kept in
-// `extra` so that inspect shows them).
+// "not JSON" and "not an object" are format errors. Fields this reader does not know (a newer
+// writer's) are skipped, never copied: a hostile 64 MiB value must cost nothing beyond the
+// validating parse at mount (the hostile corpus holds that budget).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -42,9 +43,13 @@ struct Manifest {
   std::vector<Dependency> dependencies;
   std::string source;  // synthesised: where the tree comes from ("zip")
   std::uint64_t chunk_size = 0;
-  nlohmann::ordered_json formats = nlohmann::ordered_json::object();  // model_formats.hpp
-  std::vector<ManifestFile> files;                                     // in package order
-  nlohmann::ordered_json extra = nlohmann::ordered_json::object();    // fields this reader does not know
+  // model_formats.hpp. The packer sets `formats`; parse() keeps only the minified text, which
+  // formats_json() turns into JSON when someone asks (inspect): mounting never builds it.
+  nlohmann::ordered_json formats = nlohmann::ordered_json::object();
+  std::string formats_text;
+  std::vector<ManifestFile> files;  // in package order
+
+  [[nodiscard]] nlohmann::ordered_json formats_json() const;
 
   // The stored text (the packer writes it; the root digest covers it). Throws FormatError past
   // format::kMaxManifestSize.

@@ -38,8 +38,6 @@ std::uint64_t uint_or_zero(simdjson::dom::element e) {
   return e.get_uint64().get(v) ? 0 : v;
 }
 
-Json to_nlohmann(simdjson::dom::element e) { return Json::parse(simdjson::minify(e)); }
-
 ManifestFile parse_file(std::string_view path, simdjson::dom::object f) {
   ManifestFile out;
   out.path = path;
@@ -63,6 +61,11 @@ ManifestFile parse_file(std::string_view path, simdjson::dom::object f) {
 
 }  // namespace
 
+Json Manifest::formats_json() const {
+  if (formats_text.empty()) return formats;
+  return Json::parse(formats_text);  // minified by simdjson from a validated document
+}
+
 Json Manifest::to_json() const {
   Json m;
   m["manifest_version"] = manifest_version;
@@ -81,7 +84,7 @@ Json Manifest::to_json() const {
     for (const auto &d : dependencies) deps.push_back({{"name", d.name}, {"range", d.range}});
     m["dependencies"] = std::move(deps);
     m["chunk_size"] = chunk_size;
-    m["formats"] = formats;
+    m["formats"] = formats_json();
     // Each path once: append without ordered_map's linear key search (quadratic for 10,000 files).
     m["files"] = Json::object();
     using Entries = std::vector<std::pair<const std::string, Json>>;
@@ -89,7 +92,6 @@ Json Manifest::to_json() const {
     entries.reserve(files.size());
     for (const auto &f : files) entries.emplace_back(f.path, file_json(f));
   }
-  for (const auto &[k, v] : extra.items()) m[k] = v;
   return m;
 }
 
@@ -139,7 +141,7 @@ Manifest Manifest::parse(std::string_view text) {
           m.dependencies.push_back(std::move(dep));
         }
     } else if (key == "formats") {
-      if (v.is_object()) m.formats = to_nlohmann(v);
+      if (v.is_object()) m.formats_text = simdjson::minify(v);
     } else if (key == "files") {
       simdjson::dom::object files;
       if (v.get_object().get(files)) continue;
@@ -148,8 +150,6 @@ Manifest Manifest::parse(std::string_view text) {
         simdjson::dom::object fo;
         if (!f.value.get_object().get(fo)) m.files.push_back(parse_file(f.key, fo));
       }
-    } else {
-      m.extra[std::string(key)] = to_nlohmann(v);
     }
   }
   if (!m.source.empty() && !has_files) m.kind = Kind::kSynthesized;
