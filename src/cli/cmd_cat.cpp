@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/reader.hpp"
@@ -18,7 +19,7 @@ void add_cat(CLI::App &app, Action &action) {
   cmd->add_option("PATH", *paths, "Paths inside the package (symlinks inside it are followed)")->required();
   cmd->callback([&action, file, paths] {
     action = [file, paths]() -> int {
-      Reader reader(Package::open(*file), 8ull << 20);
+      Reader reader(open_package(*file), 8ull << 20);
       const auto &pkg = reader.package();
       for (const auto &p : *paths) {
         const auto ino = resolve_in_package(pkg, p, true);

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/reader.hpp"
 #include "torshpkg/zipio.hpp"
@@ -21,7 +22,7 @@ void add_export(CLI::App &app, Action &action) {
       ->check(CLI::IsMember({"zip", "torch"}));
   cmd->callback([&action, file, output, layout] {
     action = [file, output, layout]() -> int {
-      Reader reader(Package::open(*file), 64ull << 20);
+      Reader reader(open_package(*file), 64ull << 20);
       ProgressBar bar("exporting");
       const auto r = export_zip(reader, *output, *layout == "torch" ? ZipLayout::kTorch : ZipLayout::kZip,
                                 [&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/reader.hpp"
@@ -125,7 +126,7 @@ void add_extract(CLI::App &app, Action &action) {
   cmd->add_option("DIR", *dest, "Destination directory; existing files are never overwritten")->required();
   cmd->callback([&action, file, dest] {
     action = [file, dest]() -> int {
-      Reader reader(Package::open(*file), 8ull << 20);
+      Reader reader(open_package(*file), 8ull << 20);
       Extractor(reader, *dest).run();
       return kOk;
     };

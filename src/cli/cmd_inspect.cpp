@@ -6,6 +6,7 @@
 #include <set>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/codec.hpp"
 #include "torshpkg/digest.hpp"
@@ -270,7 +271,7 @@ void add_inspect(CLI::App &app, Action &action) {
   add_trust_options(cmd, *trust);
   cmd->callback([&action, file, json, trust] {
     action = [file, json, trust]() -> int {
-      const auto pkg = Package::open(*file);
+      const auto pkg = open_package(*file);
       const auto j = summarise(*pkg, load_trust(*trust));
       if (*json)
         fmt::print("{}\n", j.dump(2));

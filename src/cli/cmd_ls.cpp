@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/package.hpp"
 
 namespace torshpkg::cli {
@@ -64,7 +65,7 @@ void add_ls(CLI::App &app, Action &action) {
   cmd->add_flag("-R,--recursive", a->recursive, "List subdirectories recursively");
   cmd->callback([&action, a] {
     action = [a]() -> int {
-      const auto pkg = Package::open(a->file);
+      const auto pkg = open_package(a->file);
       const auto ino = resolve_in_package(*pkg, a->path, false);
       if (pkg->type(ino) != format::NodeType::kDirectory) {
         print_entry(*pkg, ino, pkg->path_of(ino), a->long_format);

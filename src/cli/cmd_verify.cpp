@@ -7,6 +7,7 @@
 #include <map>
 
 #include "cli.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/pool.hpp"
@@ -34,7 +35,7 @@ ChunkCheck check_chunk(const Package &pkg, std::uint64_t index) {
 }
 
 int verify(const std::string &file, unsigned threads, const TrustArgs &trust_args) {
-  const auto pkg = Package::open(file);  // checks header, footer, root digest and the whole index
+  const auto pkg = open_package(file);  // checks header, footer, root digest and the whole index
   // Signatures first: they vouch for the root, which vouches for every chunk digest.
   const auto checks = check_signatures(*pkg, load_trust(trust_args));
   for (const auto &c : checks)

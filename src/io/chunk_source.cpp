@@ -1,5 +1,6 @@
 #include "torshpkg/chunk_source.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <fmt/format.h>
@@ -18,7 +19,9 @@ void check_range(std::uint64_t offset, std::size_t length, std::uint64_t size, c
 }
 }  // namespace
 
-FileSource::FileSource(const std::string &path) : path_(path), fd_(open_read(path)) {
+// O_NONBLOCK: opening a FIFO must not wait for a writer; the type check below refuses it, and
+// reads of regular files ignore the flag.
+FileSource::FileSource(const std::string &path) : path_(path), fd_(open_read(path, O_NONBLOCK)) {
   struct stat st {};
   if (::fstat(fd_.get(), &st) != 0) throw_errno("stat", path);
   if (!S_ISREG(st.st_mode)) throw UsageError(path + " is not a regular file");

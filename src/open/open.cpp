@@ -1,6 +1,7 @@
 #include "torshpkg/open.hpp"
 
 #include <fmt/format.h>
+#include <cctype>
 
 #include "torshpkg/errors.hpp"
 #include "torshpkg/trust_policy.hpp"
@@ -10,6 +11,24 @@ namespace torshpkg {
 
 namespace {
 
+// "https" for "https://host/x"; empty for a path.
+std::string_view scheme_of(std::string_view location) {
+  const auto colon = location.find("://");
+  if (colon == std::string_view::npos || colon == 0) return {};
+  for (char c : location.substr(0, colon))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '-' ||
+          c == '.'))
+      return {};
+  return location.substr(0, colon);
+}
+
+bool same_scheme(std::string_view a, std::string_view b) {  // schemes are case-insensitive (RFC 3986)
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
 struct Backend {
   std::string_view scheme;  // "file" serves plain paths too
   std::shared_ptr<const ChunkSource> (*open)(const std::string &location);
@@ -17,7 +36,7 @@ struct Backend {
 
 const Backend kBackends[] = {
     {"file", [](const std::string &loc) -> std::shared_ptr<const ChunkSource> {
-       return std::make_shared<FileSource>(loc.starts_with("file://") ? loc.substr(7) : loc);
+       return std::make_shared<FileSource>(scheme_of(loc).empty() ? loc : loc.substr(7));
      }},
 };
 
@@ -33,21 +52,12 @@ const Container kContainers[] = {
      [](std::shared_ptr<const ChunkSource> s, const OpenOptions &) { return open_zip(std::move(s)); }},
 };
 
-// "https" for "https://host/x"; empty for a path.
-std::string_view scheme_of(std::string_view location) {
-  const auto colon = location.find("://");
-  if (colon == std::string_view::npos || colon == 0) return {};
-  for (char c : location.substr(0, colon))
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.')) return {};
-  return location.substr(0, colon);
-}
-
 }  // namespace
 
 std::shared_ptr<const ChunkSource> open_source(const std::string &location) {
   const auto scheme = scheme_of(location);
   for (const auto &b : kBackends)
-    if (b.scheme == scheme || (scheme.empty() && b.scheme == "file")) return b.open(location);
+    if (same_scheme(b.scheme, scheme) || (scheme.empty() && b.scheme == "file")) return b.open(location);
   throw UsageError(fmt::format("{}: no backend for {}:// locations in this build", location, scheme));
 }
 

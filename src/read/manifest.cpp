@@ -33,9 +33,9 @@ std::string string_or_empty(simdjson::dom::element e) {
   return e.get_string().get(v) ? std::string() : std::string(v);
 }
 
-std::uint64_t uint_or_zero(simdjson::dom::element e) {
+std::uint64_t uint_or(simdjson::dom::element e, std::uint64_t fallback = 0) {
   std::uint64_t v = 0;
-  return e.get_uint64().get(v) ? 0 : v;
+  return e.get_uint64().get(v) ? fallback : v;
 }
 
 ManifestFile parse_file(std::string_view path, simdjson::dom::object f) {
@@ -43,16 +43,16 @@ ManifestFile parse_file(std::string_view path, simdjson::dom::object f) {
   out.path = path;
   for (const auto field : f) {
     if (field.key == "kind") out.kind = string_or_empty(field.value);
-    if (field.key == "size") out.size = uint_or_zero(field.value);
+    if (field.key == "size") out.size = uint_or(field.value);
     if (field.key == "sha256") out.sha256 = from_hex(string_or_empty(field.value));
     simdjson::dom::object st;
     if (field.key == "safetensors" && !field.value.get_object().get(st)) {
       ManifestFile::Safetensors s;
-      if (auto t = st["tensors"]; !t.error()) s.tensors = uint_or_zero(t.value_unsafe());
-      if (auto p = st["parameters"]; !p.error()) s.parameters = uint_or_zero(p.value_unsafe());
+      if (auto t = st["tensors"]; !t.error()) s.tensors = uint_or(t.value_unsafe());
+      if (auto p = st["parameters"]; !p.error()) s.parameters = uint_or(p.value_unsafe());
       simdjson::dom::object dt;
       if (!st["dtypes"].get_object().get(dt))
-        for (const auto d : dt) s.dtypes[std::string(d.key)] = uint_or_zero(d.value);
+        for (const auto d : dt) s.dtypes[std::string(d.key)] = uint_or(d.value);
       out.safetensors = std::move(s);
     }
   }
@@ -115,7 +115,7 @@ Manifest Manifest::parse(std::string_view text) {
   for (const auto field : obj) {
     const std::string_view key = field.key;
     const auto v = field.value;
-    if (key == "manifest_version") m.manifest_version = uint_or_zero(v);
+    if (key == "manifest_version") m.manifest_version = uint_or(v, m.manifest_version);
     else if (key == "name") m.name = string_or_empty(v);
     else if (key == "version") m.version = string_or_empty(v);
     else if (key == "description") m.description = string_or_empty(v);
@@ -123,7 +123,7 @@ Manifest Manifest::parse(std::string_view text) {
     else if (key == "created") m.created = string_or_empty(v);
     else if (key == "tool") m.tool = string_or_empty(v);
     else if (key == "source") m.source = string_or_empty(v);
-    else if (key == "chunk_size") m.chunk_size = uint_or_zero(v);
+    else if (key == "chunk_size") m.chunk_size = uint_or(v);
     else if (key == "authors") {
       simdjson::dom::array a;
       if (!v.get_array().get(a))

@@ -1,13 +1,19 @@
-// manifest.hpp: semver, ranges, dependencies, safetensors headers, file kinds.
+// manifest.hpp: semver, ranges, dependencies, safetensors headers, file kinds; the Manifest type.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "helpers.hpp"
+#include "torshpkg/digest.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file_kinds.hpp"
+#include "torshpkg/manifest.hpp"
 #include "torshpkg/safetensors.hpp"
 #include "torshpkg/semver.hpp"
 
@@ -35,7 +41,7 @@ FileKind kind(std::string_view path, std::string_view head = {}) {
 TEST_SUITE("manifest") {
 
 TEST_CASE("valid_semver: valid versions from semver.org") {
-  for (const char *v : {"0.0.4", "1.2.3", "10.20.30", "1.1.2-prerelease+meta", "1.1.2+meta", "1.1.2+meta-valid",
+  for (const std::string v : {"0.0.4", "1.2.3", "10.20.30", "1.1.2-prerelease+meta", "1.1.2+meta", "1.1.2+meta-valid",
                         "1.0.0-alpha", "1.0.0-beta", "1.0.0-alpha.beta", "1.0.0-alpha.beta.1", "1.0.0-alpha.1",
                         "1.0.0-alpha0.valid", "1.0.0-alpha.0valid",
                         "1.0.0-alpha-a.b-c-somethinglong+build.1-aef.1-its-okay", "1.0.0-rc.1+build.1",
@@ -347,6 +353,347 @@ TEST_CASE("detect_kind: by content when the name says nothing") {
   CHECK(kind("p", "P") == FileKind::kOther);
   // The name wins over the content.
   CHECK(kind("run.py", std::string("PK\x03\x04", 4)) == FileKind::kCode);
+}
+
+}  // TEST_SUITE
+
+// ------------------------------------------------------------------------------------------------
+// The Manifest type: serialize, parse, to_json.
+
+namespace {
+
+ManifestFile mfile(std::string path, std::string kind, std::uint64_t size, bool digest,
+                   std::optional<ManifestFile::Safetensors> st = std::nullopt) {
+  ManifestFile f;
+  f.path = std::move(path);
+  f.kind = std::move(kind);
+  f.size = size;
+  if (digest) f.sha256 = sha256(th::bytes_of(f.path));
+  f.safetensors = std::move(st);
+  return f;
+}
+
+Manifest package_manifest() {
+  Manifest m;
+  m.name = "@org/model";
+  m.version = "1.2.3-rc.1+build.5";
+  m.description = "a model \xe2\x9c\x93 with \"quotes\", a\ttab and a\nnewline";
+  m.license = "Apache-2.0";
+  m.created = "2024-05-06T07:08:09Z";
+  m.tool = "torshpkg 0.1.0";
+  m.authors = {"Ada", "Grace \xc3\xa9"};
+  m.dependencies = {{"base-model", "^1.0"}, {"@s/tok", "*"}};
+  m.chunk_size = 1u << 20;
+  m.formats = nlohmann::ordered_json::parse(R"({"safetensors":{"files":2,"problems":[]},"pickle":null})");
+  m.files.push_back(mfile("model.safetensors", "weights", 123'456'789, true,
+                          ManifestFile::Safetensors{3, 1'000'000'007, {{"BF16", 2}, {"F32", 1}}}));
+  m.files.push_back(mfile("shard/b.safetensors", "weights", 88, false, ManifestFile::Safetensors{0, 0, {}}));
+  m.files.push_back(mfile("config.json", "config", 42, true));
+  m.files.push_back(mfile("README", "other", 0, false));
+  m.files.push_back(mfile("\xe6\x97\xa5\xe6\x9c\xac/z.txt", "data", 18'446'744'073'709'551'615ull, true));
+  m.files.push_back(mfile("a.txt", "data", 1, true));  // after z: package order, not sorted
+  return m;
+}
+
+Manifest synthesized_manifest() {
+  Manifest m;
+  m.kind = Manifest::Kind::kSynthesized;
+  m.name = "archive";
+  m.version = "0.0.0";
+  m.description = "a zip archive mounted in place";
+  m.source = "zip";
+  m.chunk_size = 1u << 16;
+  return m;
+}
+
+void check_same_files(const std::vector<ManifestFile> &a, const std::vector<ManifestFile> &b) {
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(a[i].path);
+    CHECK(a[i].path == b[i].path);
+    CHECK(a[i].kind == b[i].kind);
+    CHECK(a[i].size == b[i].size);
+    CHECK(a[i].sha256 == b[i].sha256);
+    REQUIRE(a[i].safetensors.has_value() == b[i].safetensors.has_value());
+    if (a[i].safetensors) {
+      CHECK(a[i].safetensors->tensors == b[i].safetensors->tensors);
+      CHECK(a[i].safetensors->parameters == b[i].safetensors->parameters);
+      CHECK(a[i].safetensors->dtypes == b[i].safetensors->dtypes);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("manifest") {
+
+TEST_CASE("Manifest: a package manifest round-trips byte for byte") {
+  const Manifest m = package_manifest();
+  const std::string text = m.serialize();
+  const Manifest back = Manifest::parse(text);
+  CHECK(back.serialize() == text);
+  CHECK(back.to_json() == m.to_json());
+  CHECK(back.kind == Manifest::Kind::kPackage);
+  CHECK(back.manifest_version == 1);
+  CHECK(back.name == m.name);
+  CHECK(back.version == m.version);
+  CHECK(back.description == m.description);
+  CHECK(back.license == m.license);
+  CHECK(back.created == m.created);
+  CHECK(back.tool == m.tool);
+  CHECK(back.authors == m.authors);
+  REQUIRE(back.dependencies.size() == 2);
+  CHECK(back.dependencies[1].name == "@s/tok");
+  CHECK(back.dependencies[1].range == "*");
+  CHECK(back.chunk_size == m.chunk_size);
+  CHECK(back.formats_json() == m.formats);
+  CHECK(back.formats_json() == m.formats_json());
+  CHECK(back.source.empty());
+  check_same_files(back.files, m.files);
+  // A third generation is the same again.
+  CHECK(Manifest::parse(back.serialize()).serialize() == text);
+}
+
+TEST_CASE("Manifest: key order and layout of the stored text") {
+  const std::string text = package_manifest().serialize();
+  const auto j = nlohmann::ordered_json::parse(text);
+  std::vector<std::string> keys;
+  for (const auto &[k, v] : j.items()) keys.push_back(k);
+  CHECK(keys == std::vector<std::string>{"manifest_version", "name", "version", "description", "authors", "license",
+                                         "created", "tool", "dependencies", "chunk_size", "formats", "files"});
+  // Files in package order; a file's keys: safetensors (when known), kind, size, sha256 (when known).
+  std::vector<std::string> paths;
+  for (const auto &[k, v] : j["files"].items()) paths.push_back(k);
+  CHECK(paths.back() == "a.txt");
+  std::vector<std::string> fkeys;
+  for (const auto &[k, v] : j["files"]["model.safetensors"].items()) fkeys.push_back(k);
+  CHECK(fkeys == std::vector<std::string>{"safetensors", "kind", "size", "sha256"});
+  CHECK_FALSE(j["files"]["README"].contains("sha256"));
+  CHECK_FALSE(j["files"]["README"].contains("safetensors"));
+  CHECK(j["files"]["config.json"]["sha256"] == to_hex(sha256(th::bytes_of("config.json"))));
+  CHECK(th::contains(text, "\n \"name\": "));  // indented by one
+}
+
+TEST_CASE("Manifest: a synthesized manifest round-trips byte for byte") {
+  const Manifest m = synthesized_manifest();
+  const std::string text = m.serialize();
+  const auto j = nlohmann::ordered_json::parse(text);
+  std::vector<std::string> keys;
+  for (const auto &[k, v] : j.items()) keys.push_back(k);
+  CHECK(keys == std::vector<std::string>{"manifest_version", "name", "version", "description", "source", "chunk_size"});
+  CHECK(th::contains(text, "\n  \"name\": "));  // indented by two
+  const Manifest back = Manifest::parse(text);
+  CHECK(back.kind == Manifest::Kind::kSynthesized);
+  CHECK(back.serialize() == text);
+  CHECK(back.name == "archive");
+  CHECK(back.source == "zip");
+  CHECK(back.chunk_size == 1u << 16);
+  CHECK(back.files.empty());
+}
+
+TEST_CASE("Manifest: a package manifest without files, and the defaults") {
+  Manifest m;
+  const std::string text = m.serialize();
+  const Manifest back = Manifest::parse(text);
+  CHECK(back.kind == Manifest::Kind::kPackage);
+  CHECK(back.serialize() == text);
+  const Manifest empty = Manifest::parse("{}");
+  CHECK(empty.kind == Manifest::Kind::kPackage);
+  CHECK(empty.manifest_version == 1);
+  CHECK(empty.name.empty());
+  CHECK(empty.files.empty());
+  CHECK(empty.formats_json() == nlohmann::ordered_json::object());
+}
+
+TEST_CASE("Manifest: parsing is lenient, a wrong-typed field is treated as absent") {
+  const Manifest absent = Manifest::parse("{}");
+  const Manifest m = Manifest::parse(R"({
+    "name": 5, "version": [1, 2], "description": null, "license": {}, "created": true, "tool": 1.5,
+    "authors": "x", "dependencies": "d", "chunk_size": "big", "formats": [1], "files": 3
+  })");
+  CHECK(m.kind == absent.kind);
+  CHECK(m.name == absent.name);
+  CHECK(m.version == absent.version);
+  CHECK(m.description == absent.description);
+  CHECK(m.license == absent.license);
+  CHECK(m.created == absent.created);
+  CHECK(m.tool == absent.tool);
+  CHECK(m.authors.empty());
+  CHECK(m.dependencies.empty());
+  CHECK(m.chunk_size == absent.chunk_size);
+  CHECK(m.formats_json() == absent.formats_json());
+  CHECK(m.files.empty());
+  CHECK(m.serialize() == absent.serialize());
+
+  // Numbers that are not unsigned 64-bit integers.
+  for (const std::string v : {"-1", "1.5", "1e3", "\"1\"", "null", "{}"}) {
+    CAPTURE(v);
+    const Manifest n = Manifest::parse(std::string(R"({"chunk_size": )") + v + "}");
+    CHECK(n.chunk_size == absent.chunk_size);
+  }
+}
+
+TEST_CASE("Manifest: a wrong-typed manifest_version is treated as absent") {
+  const Manifest absent = Manifest::parse("{}");
+  for (const std::string v : {"\"1\"", "-1", "null", "[1]"}) {
+    CAPTURE(v);
+    const Manifest m = Manifest::parse(std::string(R"({"manifest_version": )") + v + "}");
+    CHECK(m.manifest_version == absent.manifest_version);
+  }
+  CHECK(Manifest::parse(R"({"manifest_version": 2})").manifest_version == 2);
+}
+
+TEST_CASE("Manifest: parsing is lenient inside arrays and file entries") {
+  const Manifest m = Manifest::parse(R"({
+    "authors": [1, "Ada", null, ["x"], "Grace"],
+    "dependencies": [5, "s", {"name": "a", "range": "^1"}, {"name": 7, "range": "*"}, {}],
+    "files": {
+      "bad-kinds": {"kind": 5, "size": "x", "sha256": "not hex", "safetensors": 3},
+      "not-an-object": 7,
+      "short-digest": {"kind": "data", "size": 3, "sha256": "abcd"},
+      "st": {"safetensors": {"tensors": "x", "parameters": 9, "dtypes": {"F32": "y", "BF16": 4}}, "kind": "weights"},
+      "st-no-dtypes": {"safetensors": {"dtypes": []}}
+    }
+  })");
+  CHECK(m.authors == std::vector<std::string>{"Ada", "Grace"});
+  REQUIRE(m.dependencies.size() == 3);
+  CHECK(m.dependencies[0].name == "a");
+  CHECK(m.dependencies[0].range == "^1");
+  CHECK(m.dependencies[1].name.empty());
+  CHECK(m.dependencies[1].range == "*");
+  CHECK(m.dependencies[2].name.empty());
+  REQUIRE(m.files.size() == 4);
+  CHECK(m.files[0].path == "bad-kinds");
+  CHECK(m.files[0].kind.empty());
+  CHECK(m.files[0].size == 0);
+  CHECK_FALSE(m.files[0].sha256.has_value());
+  CHECK_FALSE(m.files[0].safetensors.has_value());
+  CHECK(m.files[1].path == "short-digest");
+  CHECK_FALSE(m.files[1].sha256.has_value());
+  CHECK(m.files[1].size == 3);
+  CHECK(m.files[2].path == "st");
+  REQUIRE(m.files[2].safetensors.has_value());
+  CHECK(m.files[2].safetensors->tensors == 0);
+  CHECK(m.files[2].safetensors->parameters == 9);
+  CHECK(m.files[2].safetensors->dtypes == std::map<std::string, std::uint64_t>{{"BF16", 4}, {"F32", 0}});
+  CHECK(m.files[2].kind == "weights");
+  REQUIRE(m.files[3].safetensors.has_value());
+  CHECK(m.files[3].safetensors->dtypes.empty());
+  // What was kept serialises, and that round-trips.
+  const std::string text = m.serialize();
+  CHECK(Manifest::parse(text).serialize() == text);
+}
+
+TEST_CASE("Manifest: unknown top-level keys are accepted and skipped") {
+  // A newer writer's fields: parsing goes on, the known fields are read, the unknown ones are not
+  // kept (manifest.hpp: never copied, so a hostile value costs nothing beyond the parse).
+  const std::string in = R"({"manifest_version": 1, "future": {"a": [1, 2, {"b": null}], "c": "d"}, "name": "n",)"
+                         R"( "files": {"f": {"kind": "data", "size": 1, "later": [1]}}, "zz_last": "x",)"
+                         R"( "big": 18446744073709551615, "neg": -3, "ratio": 0.25, "flag": false, "nothing": null,)"
+                         R"( "list": [], "version": "1.0.0"})";
+  const Manifest m = Manifest::parse(in);
+  CHECK(m.name == "n");
+  CHECK(m.version == "1.0.0");  // known fields after unknown ones are still read
+  REQUIRE(m.files.size() == 1);
+  CHECK(m.files[0].kind == "data");
+  CHECK(m.files[0].size == 1);
+  const auto j = m.to_json();
+  for (const char *k : {"future", "zz_last", "big", "neg", "ratio", "flag", "nothing", "list"}) {
+    CAPTURE(std::string(k));
+    CHECK_FALSE(j.contains(k));
+  }
+  CHECK_FALSE(j["files"]["f"].contains("later"));
+  // What is kept round-trips.
+  const std::string text = m.serialize();
+  CHECK(Manifest::parse(text).serialize() == text);
+
+  // A synthesized manifest skips them too.
+  const Manifest s = Manifest::parse(R"({"name": "z", "source": "zip", "later": {"x": 1}})");
+  CHECK(s.kind == Manifest::Kind::kSynthesized);
+  CHECK_FALSE(s.to_json().contains("later"));
+  CHECK(Manifest::parse(s.serialize()).serialize() == s.serialize());
+
+  // A large unknown value is no problem either.
+  const std::string huge = R"({"name": "h", "files": {}, "blob": ")" + std::string(1 << 20, 'a') + R"("})";
+  const Manifest h = Manifest::parse(huge);
+  CHECK(h.name == "h");
+  CHECK(h.serialize().size() < 1000);
+}
+
+TEST_CASE("Manifest: formats are kept as text and round-trip byte for byte, numbers included") {
+  // Every number form nlohmann writes must come back as the same text after simdjson minified it.
+  const std::string in =
+      R"({"files": {}, "formats": {"x": {"f": 0.5, "k": "v"}, "a": [0, 1, -1, 0.1, 1.0, 2.5e-300, 1e300, -0.0,)"
+      R"( 123456789.125, 18446744073709551615, -9223372036854775808, "\u00e9\n\"q\"", "é"]}})";
+  const Manifest m = Manifest::parse(in);
+  CHECK_FALSE(m.formats_text.empty());
+  const auto f = m.formats_json();
+  std::vector<std::string> keys;
+  for (const auto &[k, v] : f.items()) keys.push_back(k);
+  CHECK(keys == std::vector<std::string>{"x", "a"});  // document order, not sorted
+  CHECK(f["x"]["k"] == "v");
+  CHECK(f["a"][9].get<std::uint64_t>() == 18'446'744'073'709'551'615ull);
+  const std::string text = m.serialize();
+  const Manifest back = Manifest::parse(text);
+  CHECK(back.serialize() == text);
+  CHECK(back.formats_json() == f);
+  // A manifest built in memory (the packer's) uses `formats` as set.
+  Manifest built;
+  built.formats = f;
+  CHECK(built.formats_text.empty());
+  CHECK(built.formats_json() == f);
+  CHECK(built.serialize() == text);
+}
+
+// KNOWN LIMITATION (as old as the simdjson validation at open): simdjson refuses integers past
+// 2^64 - 1 and doubles past
+// DBL_MAX ("Problem while parsing a number"), which are valid JSON, so a manifest from another writer
+// carrying one anywhere (even in a field this reader skips) is "not valid JSON". may_fail until fixed.
+TEST_CASE("Manifest: valid JSON with a number past 64 bits is not a format error" * doctest::may_fail()) {
+  for (const std::string v : {"18446744073709551616", "-9223372036854775809", "1e400"}) {
+    CAPTURE(v);
+    Manifest m;
+    CHECK_NOTHROW(m = Manifest::parse(std::string(R"({"name": "n", "files": {}, "later": )") + v + "}"));
+    CHECK(m.name == "n");
+  }
+}
+
+TEST_CASE("Manifest: not JSON, or not an object, is a FormatError") {
+  for (const std::string bad : {"not JSON", "", " ", "{", "{\"a\":}", "{\"a\":1,}", "{'a':1}", "[1,2]", "[]", "null",
+                                "42", "\"str\"", "true", "{\"a\":\"\xff\"}", "{} {}"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS((void)Manifest::parse(bad), FormatError);
+  }
+  try {
+    (void)Manifest::parse("[1,2]");
+    FAIL("no exception");
+  } catch (const FormatError &e) {
+    CHECK(th::contains(e.what(), "not a JSON object"));
+  }
+}
+
+TEST_CASE("Manifest: a 10,000-file manifest") {
+  Manifest m = package_manifest();
+  m.files.clear();
+  m.files.reserve(10'000);
+  for (unsigned i = 0; i < 10'000; ++i) {
+    std::string path = "layer" + std::to_string(i % 100) + "/shard-" + std::to_string(i) + ".safetensors";
+    std::optional<ManifestFile::Safetensors> st;
+    if (i % 3 == 0) st = ManifestFile::Safetensors{i, 1000ull * i, {{"BF16", i}, {"F32", 1}}};
+    m.files.push_back(mfile(std::move(path), i % 3 == 0 ? "weights" : "data", 1ull << (i % 40), i % 5 != 0, st));
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  const std::string text = m.serialize();
+  const auto t1 = Clock::now();
+  const Manifest back = Manifest::parse(text);
+  const auto t2 = Clock::now();
+  const auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  MESSAGE("10,000-file manifest: " << text.size() << " bytes, serialize " << ms(t1 - t0) << " ms, parse "
+                                   << ms(t2 - t1) << " ms");
+  REQUIRE(back.files.size() == 10'000);
+  check_same_files(back.files, m.files);
+  CHECK(back.serialize() == text);
 }
 
 }  // TEST_SUITE
