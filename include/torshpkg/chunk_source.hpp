@@ -24,6 +24,20 @@ class ChunkSource {
   // Modification time of the whole (seconds since the epoch; 0 when unknown): the mtime of
   // directories that a synthesised tree implies.
   [[nodiscard]] virtual std::int64_t mtime() const noexcept { return 0; }
+
+  // The rest matters to remote sources only.
+  // True when reads cost a network round trip: worth keeping in the disk chunk cache (chunk_store.hpp).
+  [[nodiscard]] virtual bool remote() const noexcept { return false; }
+  // Reads of neighbouring ranges up to this many bytes are worth making one read (0: never).
+  [[nodiscard]] virtual std::size_t coalesce_bytes() const noexcept { return 0; }
+  // The bytes a recent read returned for [offset, offset + length) failed their digest: whoever
+  // served them is not asked again. True when another origin may serve other bytes (retry the read).
+  virtual bool distrust(std::uint64_t offset, std::size_t length, const std::string &why) const {
+    (void)offset, (void)length, (void)why;
+    return false;
+  }
+  // Members of a JSON object (no braces) with the source's counters, for .torshpkg/stats; "" if none.
+  [[nodiscard]] virtual std::string stats_json() const { return {}; }
 };
 
 // A regular file read with pread (throws UsageError for a directory or a device).

@@ -21,6 +21,11 @@ struct FormatError : Error {
 struct IntegrityError : Error {
   using Error::Error;
 };
+// Stored bytes whose SHA-256 is not the one the index records: the bytes are wrong, not the
+// package (a remote origin may serve the right ones). Exit 5; EIO on the mount.
+struct DigestMismatch : IntegrityError {
+  using IntegrityError::IntegrityError;
+};
 // The package carries no signature from a trusted key (or none at all) and policy requires one.
 // Exit 7; never thrown by a FUSE request (the policy is applied before mounting).
 struct TrustError : Error {

@@ -1,5 +1,5 @@
-// Opening a package by location: the one table of backends (where the bytes come from: a file
-// today; HTTP, S3, OCI registries later) and of containers (how the bytes are read: a .tpkg, or a
+// Opening a package by location: the one table of backends (where the bytes come from: a file,
+// HTTP(S); S3 and OCI registries later) and of containers (how the bytes are read: a .tpkg, or a
 // zip mounted in place). src/open/open.cpp holds both tables.
 //
 // Adding a backend: a ChunkSource in its own file (src/io/ or a folder of its own) and one line
@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "torshpkg/http_source.hpp"
 #include "torshpkg/package.hpp"
 
 namespace torshpkg {
@@ -19,11 +20,16 @@ struct OpenOptions {
   // Such containers cannot be signed: without this, recognising one is a TrustError, before any
   // of it is parsed.
   bool allow_unsigned = false;
+  // For remote backends: mirrors, timeouts, TLS.
+  RemoteOptions remote;
+  // The disk chunk cache for remote packages (null: none). Local files never use it.
+  std::shared_ptr<ChunkStore> store;
 };
 
 // The source for a location: a path, or a URL of a scheme a backend serves (UsageError naming the
 // scheme otherwise).
-[[nodiscard]] std::shared_ptr<const ChunkSource> open_source(const std::string &location);
+[[nodiscard]] std::shared_ptr<const ChunkSource> open_source(const std::string &location,
+                                                            const OpenOptions &opts = {});
 // The package at a location: the container is recognised from its first bytes.
 [[nodiscard]] std::shared_ptr<const Package> open_package(const std::string &location, const OpenOptions &opts = {});
 

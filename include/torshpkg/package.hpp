@@ -45,8 +45,10 @@ class Package {
  public:
   // Opens and validates a .tpkg from its source; throws FormatError (malformed), IntegrityError
   // (root digest mismatch), IoError.
+  // With a `store`, chunks are looked up in (and verified ones added to) that disk chunk cache.
   static std::shared_ptr<const Package> open(std::shared_ptr<const ChunkSource> source,
-                                             ChunkDigests digests = ChunkDigests::kVerify);
+                                             ChunkDigests digests = ChunkDigests::kVerify,
+                                             std::shared_ptr<ChunkStore> store = nullptr);
   static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify);
   // Validates an in-memory image of a whole package (tests, fuzzing).
   static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
@@ -105,6 +107,17 @@ class Package {
   // Reads chunk `index` from the source through the pipeline (verify, decode, undo filter) into
   // `out`, whose size must be the chunk's decoded size.
   void load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const;
+  // How many chunks from `first` on (at most `max_count`, at most `max_bytes` of stored bytes, at
+  // least 1) lie back to back in the source, so that one read fetches them all.
+  [[nodiscard]] std::uint64_t adjacent_run(std::uint64_t first, std::uint64_t max_count,
+                                           std::uint64_t max_bytes) const noexcept;
+  // load_chunk() of chunks [first, first + outs.size()) of an adjacent_run(), with one source read.
+  void load_adjacent(std::uint64_t first, std::span<const std::span<std::uint8_t>> outs) const;
+  // Fetches chunks [first, first + count) of an adjacent_run() into the disk chunk cache without
+  // decoding them (prefetch; silent on failure). No-op without a cache.
+  void fetch_into_store(std::uint64_t first, std::uint64_t count) const;
+  [[nodiscard]] ChunkPipeline::Stats pipeline_stats() const noexcept { return pipeline_->stats(); }
+  [[nodiscard]] const ChunkStore *store() const noexcept { return pipeline_->store(); }
 
  private:
   Package() = default;

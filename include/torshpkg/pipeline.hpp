@@ -14,6 +14,7 @@
 // one line in ChunkPipeline::standard_stages (src/read/pipeline.cpp), one line in meson.build.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -31,7 +32,10 @@ namespace torshpkg {
 struct ChunkWork {
   std::uint64_t index = 0;  // in the package's chunk table, for messages
   format::ChunkEntry entry;
+  bool from_store = false;  // the stored bytes came out of the disk chunk cache
 };
+
+class ChunkStore;
 
 // Per-thread state: two scratch buffers and one decoder per codec, made on first use.
 class PipelineContext {
@@ -61,22 +65,40 @@ class ChunkStage {
 
 // The stages, in pipeline order (factories defined in src/read/stage_*.cpp).
 [[nodiscard]] std::unique_ptr<ChunkStage> verify_digest_stage();  // SHA-256 of the stored bytes
+// Verified stored bytes into the disk chunk cache (after verify only).
+[[nodiscard]] std::unique_ptr<ChunkStage> store_verified_stage(std::shared_ptr<ChunkStore> store);
 [[nodiscard]] std::unique_ptr<ChunkStage> decode_stage();         // the entry's codec, from the registry
 [[nodiscard]] std::unique_ptr<ChunkStage> undo_filter_stage();    // byte-grouping filters (filter.hpp)
 
 class ChunkPipeline {
  public:
   using Stages = std::vector<std::unique_ptr<ChunkStage>>;
-  ChunkPipeline(std::shared_ptr<const ChunkSource> source, Stages stages);
+  // With a `store`, chunks are looked up in the disk chunk cache before the source is read (the
+  // stages must then verify digests and include store_verified_stage()).
+  ChunkPipeline(std::shared_ptr<const ChunkSource> source, Stages stages, std::shared_ptr<ChunkStore> store = nullptr);
   // The package read path. `verify_digests` is false only for indexes without chunk digests (a
-  // zip's, whose source checks CRC-32s) and for -o unsafe_skip_chunk_digests.
-  [[nodiscard]] static Stages standard_stages(bool verify_digests);
+  // zip's, whose source checks CRC-32s) and for -o unsafe_skip_chunk_digests; a `store` needs them.
+  [[nodiscard]] static Stages standard_stages(bool verify_digests, std::shared_ptr<ChunkStore> store = nullptr);
 
-  // Reads chunk `w` from the source and runs the stages; out.size() must be its decoded size.
+  // Reads chunk `w` (from the disk chunk cache, else the source) and runs the stages; out.size() must
+  // be its decoded size. Bytes that fail their digest are asked for again from another origin of the
+  // source while it has one (ChunkSource::distrust), and dropped from the cache.
   void load(const ChunkWork &w, std::span<std::uint8_t> out) const;
+  // Chunks whose stored bytes lie back to back in the source, with one read (a remote source's one
+  // range request); chunks found in the disk cache are not re-read. outs[i] gets works[i].
+  void load_adjacent(std::span<const ChunkWork> works, std::span<const std::span<std::uint8_t>> outs) const;
+  // Fetches, verifies and stores in the disk cache those of `works` it lacks, decoding nothing
+  // (prefetch); silent on failure. No-op without a store.
+  void fetch_into_store(std::span<const ChunkWork> works) const;
   // Runs the stages over stored bytes already in hand (no source read).
   void decode(const ChunkWork &w, std::span<const std::uint8_t> stored, std::span<std::uint8_t> out) const;
   [[nodiscard]] const ChunkSource &source() const noexcept { return *source_; }
+  [[nodiscard]] const ChunkStore *store() const noexcept { return store_.get(); }
+
+  struct Stats {
+    std::uint64_t chunks_decoded = 0, bytes_decoded = 0, bytes_from_store = 0, digest_failures = 0;
+  };
+  [[nodiscard]] Stats stats() const noexcept;
 
  private:
   struct ReturnContext {
@@ -87,9 +109,20 @@ class ChunkPipeline {
   [[nodiscard]] ContextLease take_context() const;
   void run_stages(const ChunkWork &w, std::span<const std::uint8_t> in, std::span<std::uint8_t> out,
                   PipelineContext &ctx, bool in_is_out) const;
+  // Whether any stage that applies to `w` changes its bytes (else they are read straight into out).
+  [[nodiscard]] bool transforms(const format::ChunkEntry &e) const noexcept;
+  // From the disk cache into `stored` and through the stages: false on a miss or bad bytes.
+  bool load_from_store(const ChunkWork &w, std::span<std::uint8_t> stored, std::span<std::uint8_t> out,
+                       PipelineContext &ctx, bool in_is_out) const;
+  // Stages over bytes just read from the source at `w`'s range; true when done, false when they
+  // failed their digest and the source has another origin to ask.
+  bool run_fresh(const ChunkWork &w, std::span<const std::uint8_t> stored, std::span<std::uint8_t> out,
+                 PipelineContext &ctx, bool in_is_out) const;
 
   std::shared_ptr<const ChunkSource> source_;
   Stages stages_;
+  std::shared_ptr<ChunkStore> store_;
+  mutable std::atomic<std::uint64_t> chunks_decoded_{0}, bytes_decoded_{0}, bytes_from_store_{0}, digest_failures_{0};
   mutable std::mutex contexts_mu_;
   mutable std::vector<std::unique_ptr<PipelineContext>> contexts_;  // idle ones
 };

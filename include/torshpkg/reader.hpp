@@ -44,6 +44,7 @@ class Reader {
   ~Reader();
   [[nodiscard]] const Package &package() const noexcept { return *pkg_; }
   [[nodiscard]] ChunkCache &cache() noexcept { return cache_; }
+  [[nodiscard]] const ChunkCache &cache() const noexcept { return cache_; }
 
   // Slices covering [offset, offset+length) of a regular file, clipped at its end.
   // Throws IntegrityError naming the file when a chunk fails its digest.
@@ -66,6 +67,9 @@ class Reader {
   // flight. Returns the chunk when this call decoded it, else null. Silent on damage: a reader that
   // asks gets the error.
   ChunkPtr decode_ahead(std::uint32_t ino, std::uint64_t k);
+  // Background decode of package chunks [first, first + count), an adjacent_run(), with one source
+  // read, into the cache. Silent on damage, like decode_ahead().
+  void decode_adjacent(std::uint64_t first, std::uint64_t count) noexcept;
 
  private:
   std::shared_ptr<const Package> pkg_;

@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "torshpkg/exit_codes.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/package.hpp"
 #include "torshpkg/signing.hpp"
 #include "torshpkg/trust_policy.hpp"
@@ -27,6 +28,7 @@ void add_keygen(CLI::App &app, Action &action);
 void add_sign(CLI::App &app, Action &action);
 void add_export(CLI::App &app, Action &action);
 void add_import(CLI::App &app, Action &action);
+void add_cache(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.
 [[nodiscard]] bool stderr_is_tty();
@@ -43,6 +45,19 @@ struct TrustArgs {
 void add_trust_options(CLI::App *cmd, TrustArgs &args);
 // The named keys, or the default trust directory when none was named.
 [[nodiscard]] TrustStore load_trust(const TrustArgs &args);
+// --mirror, --timeout, --retries, --cacert, --insecure, --cache-dir: for packages given as URLs.
+struct RemoteArgs {
+  std::vector<std::string> mirrors;
+  unsigned timeout = 30, retries = 3;
+  std::string cacert, cache_dir;
+  bool insecure = false;
+};
+void add_remote_options(CLI::App *cmd, RemoteArgs &args);
+// Background fetchers (and chunks read ahead) for cat and extract of a remote package.
+inline constexpr unsigned kRemoteFetchers = 8;
+// How to open `location`: for a URL, its mirrors (given, then the mirrors file's), TLS and the disk
+// chunk cache (--cache-dir, else $TORSHPKG_CACHE_DIR, else the default; "none" for no cache).
+[[nodiscard]] OpenOptions open_options(const std::string &location, const RemoteArgs &args);
 // "valid (trusted key)", "INVALID", "untrusted key": the words inspect and verify print.
 [[nodiscard]] std::string_view signature_state_name(SignatureCheck::State s) noexcept;
 // --passphrase-file: its first line, without the newline; nullopt when not given.

@@ -53,6 +53,7 @@ class Extractor {
           UniqueFd fd(::openat(parent, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
           if (!fd) throw_errno("create", shown);
           for (std::uint64_t off = 0; off < e.size; off += pkg_.chunk_size()) {
+            reader_.prefetch(i, (off >> pkg_.chunk_shift()) + 1, kRemoteFetchers);  // no-op without workers
             for (const auto &s : reader_.slices(i, off, pkg_.chunk_size())) {
               write_all(fd.get(), std::span(s.chunk->data() + s.offset, s.length), shown);
               done += s.length;
@@ -121,12 +122,15 @@ class Extractor {
 void add_extract(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto dest = std::make_shared<std::string>();
+  auto remote = std::make_shared<RemoteArgs>();
   auto *cmd = app.add_subcommand("extract", "Extract a package into a directory (new or empty)");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_option("DIR", *dest, "Destination directory; existing files are never overwritten")->required();
-  cmd->callback([&action, file, dest] {
-    action = [file, dest]() -> int {
-      Reader reader(open_package(*file), 8ull << 20);
+  add_remote_options(cmd, *remote);
+  cmd->callback([&action, file, dest, remote] {
+    action = [file, dest, remote]() -> int {
+      Reader reader(open_package(*file, open_options(*file, *remote)), 64ull << 20);
+      if (reader.package().source().remote()) reader.start_workers(kRemoteFetchers);  // requests in flight ahead
       Extractor(reader, *dest).run();
       return kOk;
     };

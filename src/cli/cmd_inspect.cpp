@@ -265,13 +265,15 @@ void add_inspect(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   auto trust = std::make_shared<TrustArgs>();
+  auto remote = std::make_shared<RemoteArgs>();
   auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, signatures, counts, sizes and compression");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_flag("--json", *json, "Print JSON instead of text");
   add_trust_options(cmd, *trust);
-  cmd->callback([&action, file, json, trust] {
-    action = [file, json, trust]() -> int {
-      const auto pkg = open_package(*file);
+  add_remote_options(cmd, *remote);
+  cmd->callback([&action, file, json, trust, remote] {
+    action = [file, json, trust, remote]() -> int {
+      const auto pkg = open_package(*file, open_options(*file, *remote));
       const auto j = summarise(*pkg, load_trust(*trust));
       if (*json)
         fmt::print("{}\n", j.dump(2));

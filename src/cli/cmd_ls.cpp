@@ -56,6 +56,7 @@ void add_ls(CLI::App &app, Action &action) {
   struct Args {
     std::string file, path;
     bool long_format = false, recursive = false;
+    RemoteArgs remote;
   };
   auto a = std::make_shared<Args>();
   auto *cmd = app.add_subcommand("ls", "List a directory of a package (default: its root)");
@@ -63,9 +64,10 @@ void add_ls(CLI::App &app, Action &action) {
   cmd->add_option("PATH", a->path, "Path inside the package");
   cmd->add_flag("-l", a->long_format, "Long format: mode, size, mtime, link target");
   cmd->add_flag("-R,--recursive", a->recursive, "List subdirectories recursively");
+  add_remote_options(cmd, a->remote);
   cmd->callback([&action, a] {
     action = [a]() -> int {
-      const auto pkg = open_package(a->file);
+      const auto pkg = open_package(a->file, open_options(a->file, a->remote));
       const auto ino = resolve_in_package(*pkg, a->path, false);
       if (pkg->type(ino) != format::NodeType::kDirectory) {
         print_entry(*pkg, ino, pkg->path_of(ino), a->long_format);

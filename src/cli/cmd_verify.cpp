@@ -34,8 +34,10 @@ ChunkCheck check_chunk(const Package &pkg, std::uint64_t index) {
   }
 }
 
-int verify(const std::string &file, unsigned threads, const TrustArgs &trust_args) {
-  const auto pkg = open_package(file);  // checks header, footer, root digest and the whole index
+int verify(const std::string &file, unsigned threads, const TrustArgs &trust_args, const RemoteArgs &remote) {
+  auto opts = open_options(file, remote);
+  opts.store = nullptr;  // verify what the server serves, not what a cache holds
+  const auto pkg = open_package(file, opts);  // checks header, footer, root digest and the whole index
   // Signatures first: they vouch for the root, which vouches for every chunk digest.
   const auto checks = check_signatures(*pkg, load_trust(trust_args));
   for (const auto &c : checks)
@@ -100,12 +102,14 @@ void add_verify(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto threads = std::make_shared<unsigned>(0);
   auto trust = std::make_shared<TrustArgs>();
+  auto remote = std::make_shared<RemoteArgs>();
   auto *cmd = app.add_subcommand("verify", "Check signatures, the index and every chunk digest; name damaged files");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_option("--threads", *threads, "Verification threads (default: one per core)");
   add_trust_options(cmd, *trust);
-  cmd->callback([&action, file, threads, trust] {
-    action = [file, threads, trust] { return verify(*file, *threads, *trust); };
+  add_remote_options(cmd, *remote);
+  cmd->callback([&action, file, threads, trust, remote] {
+    action = [file, threads, trust, remote] { return verify(*file, *threads, *trust, *remote); };
   });
 }
 

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
+#include "torshpkg/chunk_store.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 
@@ -59,6 +60,44 @@ void add_trust_options(CLI::App *cmd, TrustArgs &args) {
   cmd->add_option("--trust", args.dirs,
                   fmt::format("Trust every *.pub in this directory (repeatable; default {})", kDefaultTrustDir))
       ->allow_extra_args(false);
+}
+
+void add_remote_options(CLI::App *cmd, RemoteArgs &args) {
+  auto *g = "Remote packages (http://, https://)";
+  cmd->add_option("--mirror", args.mirrors, "Another URL of the same package, tried in order on failure (repeatable)")
+      ->allow_extra_args(false)
+      ->group(g);
+  cmd->add_option("--timeout", args.timeout, "Per-request timeout in seconds (default 30)")
+      ->check(CLI::Range(1u, 3600u))
+      ->group(g);
+  cmd->add_option("--retries", args.retries, "Rounds over the mirrors before a read fails (default 3)")
+      ->check(CLI::Range(0u, 100u))
+      ->group(g);
+  cmd->add_option("--cacert", args.cacert, "CA bundle for TLS (default: the system's)")->group(g);
+  cmd->add_flag("--insecure", args.insecure, "Do not verify TLS certificates (prints a warning)")->group(g);
+  cmd->add_option("--cache-dir", args.cache_dir,
+                  fmt::format("Shared disk chunk cache (default $TORSHPKG_CACHE_DIR or {}; none: off)",
+                              kDefaultChunkStoreDir))
+      ->group(g);
+}
+
+OpenOptions open_options(const std::string &location, const RemoteArgs &args) {
+  OpenOptions o;
+  if (!is_http_url(location)) return o;
+  o.remote.mirrors = args.mirrors;
+  for (auto &m : mirrors_from_file(location, kDefaultMirrorsFile)) o.remote.mirrors.push_back(std::move(m));
+  o.remote.timeout = std::chrono::seconds(args.timeout);
+  o.remote.retries = args.retries;
+  o.remote.cacert = args.cacert;
+  o.remote.insecure = args.insecure;
+  if (args.insecure) fmt::print(stderr, "torshpkg: warning: --insecure: TLS certificates are NOT verified\n");
+  std::string dir = args.cache_dir;
+  if (dir.empty()) {
+    const char *env = std::getenv("TORSHPKG_CACHE_DIR");
+    dir = env && *env ? env : kDefaultChunkStoreDir;
+  }
+  if (dir != "none") o.store = std::make_shared<ChunkStore>(dir, kDefaultChunkStoreBytes);  // unusable: no caching
+  return o;
 }
 
 TrustStore load_trust(const TrustArgs &args) {

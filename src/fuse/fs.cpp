@@ -12,6 +12,9 @@
 #include <new>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "torshpkg/chunk_store.hpp"
 #include "torshpkg/codec.hpp"
 #include "torshpkg/errors.hpp"
 
@@ -22,6 +25,7 @@ namespace {
 constexpr double kForever = 365.0 * 24 * 3600;  // content is immutable: cache names and attributes for good
 constexpr std::string_view kMetaDir = ".torshpkg";
 constexpr std::string_view kManifestName = "manifest.json";
+constexpr std::string_view kStatsName = "stats";
 
 Filesystem &fs_of(fuse_req_t req) {
   return *static_cast<Filesystem *>(fuse_req_userdata(req));
@@ -85,8 +89,43 @@ void Filesystem::start(fuse_session *se) {
   // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
   stream_slack_chunks_ = std::max<std::uint64_t>(
       2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / pkg_->chunk_size()));
-  workers_ = opts_.workers ? opts_.workers : std::max(1u, std::thread::hardware_concurrency());
+  // Remote chunks wait on the network more than on a core: more workers, more requests in flight.
+  const unsigned default_workers =
+      pkg_->source().remote() ? 8u : std::max(1u, std::thread::hardware_concurrency());
+  workers_ = opts_.workers ? opts_.workers : default_workers;
   reader_.start_workers(workers_);
+  if (pkg_->source().remote() && opts_.prefetch != Options::Prefetch::kNone) prefetch_files();
+}
+
+void Filesystem::prefetch_files() {
+  std::vector<std::uint32_t> files;
+  for (std::uint32_t i = 0; i < pkg_->inode_count(); ++i) {
+    if (pkg_->type(i) != format::NodeType::kRegular || pkg_->chunks_in_file(i) == 0) continue;
+    if (opts_.prefetch == Options::Prefetch::kManifest && pkg_->inode(i).kind == format::FileKind::kWeights) continue;
+    files.push_back(i);
+  }
+  if (!files.empty()) prefetch_run(std::move(files), 0, 0);
+}
+
+void Filesystem::prefetch_run(std::vector<std::uint32_t> files, std::size_t file, std::uint64_t k) {
+  // One task fetches one run of adjacent chunks and queues the next: readers' own fetches and
+  // decode-ahead interleave with a long prefetch instead of waiting behind it.
+  reader_.run_in_background([this, files = std::move(files), file, k]() mutable {
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    const std::uint32_t ino = files[file];
+    const std::uint64_t chunks = pkg_->chunks_in_file(ino);
+    const std::uint64_t index = pkg_->inode(ino).first + k;
+    const std::uint64_t run =
+        std::max<std::uint64_t>(1, pkg_->adjacent_run(index, chunks - k, pkg_->source().coalesce_bytes()));
+    if (pkg_->store())
+      pkg_->fetch_into_store(index, run);
+    else
+      for (std::uint64_t j = 0; j < run; ++j)
+        if (auto c = reader_.decode_ahead(ino, k + j); c && opts_.push_to_page_cache) push_to_page_cache(ino, k + j, c);
+    k += run;
+    if (k >= chunks) ++file, k = 0;
+    if (file < files.size()) prefetch_run(std::move(files), file, k);
+  });
 }
 
 void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk) {
@@ -191,6 +230,9 @@ struct stat Filesystem::attr(fuse_ino_t ino) const {
     st.st_mode = S_IFREG | (0444 & ~umask);
     st.st_nlink = 1;
     st.st_size = static_cast<off_t>(pkg_->manifest_text().size());
+  } else if (ino == stats_ino()) {
+    st.st_mode = S_IFREG | (0444 & ~umask);
+    st.st_nlink = 1;  // size 0: its contents change; opened with direct_io, read to the end
   } else {
     const auto i = to_pkg(ino);
     const auto e = pkg_->inode(i);
@@ -227,8 +269,8 @@ void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   if (parent == meta_dir_ino()) {
-    if (nm != kManifestName) throw NotFoundError(std::string(nm));
-    const auto e = entry(manifest_ino());
+    if (nm != kManifestName && nm != kStatsName) throw NotFoundError(std::string(nm));
+    const auto e = entry(nm == kManifestName ? manifest_ino() : stats_ino());
     fuse_reply_entry(req, &e);
     return;
   }
@@ -260,12 +302,17 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
     fuse_reply_err(req, EROFS);
     return;
   }
-  if (ino != manifest_ino() && pkg_->type(to_pkg(ino)) != format::NodeType::kRegular) {
+  if (!is_virtual_file(ino) && pkg_->type(to_pkg(ino)) != format::NodeType::kRegular) {
     fuse_reply_err(req, EISDIR);
     return;
   }
   fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
   auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_, stream_slack_chunks_);
+  if (ino == stats_ino()) {
+    of->snapshot = stats_json();
+    fi->keep_cache = 0;
+    fi->direct_io = 1;  // its size is not known ahead
+  }
   fi->fh = reinterpret_cast<std::uint64_t>(of.get());
   if (fuse_reply_open(req, fi) == 0) of.release();  // owned by the kernel's handle until release
 }
@@ -277,8 +324,9 @@ void Filesystem::release(fuse_req_t req, fuse_file_info *fi) {
 
 void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info *fi) {
   if (off < 0) throw UsageError("negative offset");
-  if (ino == manifest_ino()) {
-    const auto text = pkg_->manifest_text();
+  if (is_virtual_file(ino)) {
+    const std::string_view text =
+        ino == manifest_ino() ? pkg_->manifest_text() : std::string_view(reinterpret_cast<OpenFile *>(fi->fh)->snapshot);
     const auto start = std::min<std::size_t>(static_cast<std::size_t>(off), text.size());
     const auto n = std::min(size, text.size() - start);
     fuse_reply_buf(req, text.data() + start, n);
@@ -312,7 +360,7 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   std::uint64_t first = 0, count = 0;
   fuse_ino_t parent_ino = FUSE_ROOT_ID;
   if (ino == meta_dir_ino()) {
-    count = 1;
+    count = 2;
   } else {
     const auto i = to_pkg(ino);
     const auto e = pkg_->inode(i);
@@ -328,7 +376,7 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     else if (pos == 1)
       name = "..", child = parent_ino;
     else if (ino == meta_dir_ino())
-      name = kManifestName, child = manifest_ino();
+      name = pos == 2 ? kManifestName : kStatsName, child = pos == 2 ? manifest_ino() : stats_ino();
     else {
       const auto c = static_cast<std::uint32_t>(first + pos - 2);
       name = pkg_->name(c);
@@ -347,6 +395,28 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     used += n;
   }
   fuse_reply_buf(req, buf.data(), used);
+}
+
+std::string Filesystem::stats_json() const {
+  const auto p = pkg_->pipeline_stats();
+  const auto m = reader_.cache().stats();
+  std::string source = pkg_->source().stats_json();
+  if (source.empty())  // a local file: nothing is fetched
+    source = fmt::format(R"("source":{},"mirror":null,"requests":0,"retries":0,"failovers":0,"bytes_fetched":0)",
+                         nlohmann::json(pkg_->path()).dump());
+  std::string disk = "null";
+  if (const auto *store = pkg_->store()) {
+    const auto d = store->stats();
+    disk = fmt::format(
+        R"({{"dir":{},"usable":{},"hits":{},"misses":{},"bytes_read":{},"bytes_written":{},"write_failures":{},"dropped":{}}})",
+        nlohmann::json(store->dir()).dump(), store->usable(), d.hits, d.misses, d.bytes_read, d.bytes_written,
+        d.write_failures, d.dropped);
+  }
+  return fmt::format(
+      "{{{},\"bytes_from_cache\":{},\"bytes_decoded\":{},\"chunks_decoded\":{},\"digest_failures\":{},"
+      "\"memory_cache\":{{\"hits\":{},\"misses\":{},\"evictions\":{},\"bytes\":{}}},\"disk_cache\":{}}}\n",
+      source, p.bytes_from_store, p.bytes_decoded, p.chunks_decoded, p.digest_failures, m.hits, m.misses, m.evictions,
+      m.bytes, disk);
 }
 
 void Filesystem::statfs(fuse_req_t req) {
@@ -372,7 +442,7 @@ std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t i
       out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
     return out;
   }
-  if (ino == meta_dir_ino() || ino == manifest_ino()) return out;
+  if (ino == meta_dir_ino() || is_virtual_file(ino)) return out;
   const auto i = to_pkg(ino);
   if (pkg_->type(i) != format::NodeType::kRegular) return out;
   const auto e = pkg_->inode(i);

@@ -41,10 +41,14 @@ class Filesystem {
   void stop();
 
  private:
-  // FUSE inode numbers: package inode i is i+1 (the root is FUSE_ROOT_ID); two virtual inodes
-  // follow the package's for the hidden /.torshpkg directory and its manifest.json.
+  // FUSE inode numbers: package inode i is i+1 (the root is FUSE_ROOT_ID); three virtual inodes
+  // follow the package's for the hidden /.torshpkg directory, its manifest.json and its stats.
   [[nodiscard]] fuse_ino_t meta_dir_ino() const noexcept { return pkg_->inode_count() + 1; }
   [[nodiscard]] fuse_ino_t manifest_ino() const noexcept { return pkg_->inode_count() + 2; }
+  [[nodiscard]] fuse_ino_t stats_ino() const noexcept { return pkg_->inode_count() + 3; }
+  [[nodiscard]] bool is_virtual_file(fuse_ino_t ino) const noexcept { return ino == manifest_ino() || ino == stats_ino(); }
+  // .torshpkg/stats: the session's counters as one JSON object, made anew at each open.
+  [[nodiscard]] std::string stats_json() const;
   [[nodiscard]] std::uint32_t to_pkg(fuse_ino_t ino) const;  // throws NotFoundError for unknown numbers
   [[nodiscard]] struct stat attr(fuse_ino_t ino) const;
   [[nodiscard]] fuse_entry_param entry(fuse_ino_t ino) const;
@@ -54,6 +58,7 @@ class Filesystem {
     OpenFile(std::uint64_t readahead_chunks, std::uint64_t slack_chunks) : pattern(readahead_chunks, slack_chunks) {}
     ReadPattern pattern;
     std::mutex mu;
+    std::string snapshot;  // the contents of a virtual file as it was opened
   };
   // Queues decode-ahead for a sequential stream; returns whether this read continued one.
   bool plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;
@@ -62,6 +67,10 @@ class Filesystem {
   void sweep(std::uint32_t ino, std::uint64_t k);  // decodes chunk k in the background, then k + workers
   void push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept;
   void push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk);
+  // -o prefetch: fetches every chosen file into the disk chunk cache (or, without one, into the page
+  // cache) on the background workers, a run of adjacent chunks per task.
+  void prefetch_files();
+  void prefetch_run(std::vector<std::uint32_t> files, std::size_t file, std::uint64_t k);
 
   std::shared_ptr<const Package> pkg_;
   Reader reader_;

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <atomic>
 #include <cstdio>
 
 #include "fs.hpp"
+#include "torshpkg/chunk_store.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/exit_codes.hpp"
@@ -28,6 +30,38 @@ struct ArgsDeleter {
   void operator()(fuse_args *a) const noexcept { fuse_opt_free_args(a); }
 };
 
+// Before daemonising, notices go to stderr; after, to syslog.
+struct Notices {
+  std::atomic<bool> daemonized{false};
+  void operator()(const std::string &msg) const {
+    if (daemonized.load())
+      ::syslog(LOG_WARNING, "%s", msg.c_str());
+    else
+      fmt::print(stderr, "mount.torshpkg: {}\n", msg);
+  }
+};
+
+OpenOptions open_options(const Options &opts, const std::shared_ptr<Notices> &notices) {
+  OpenOptions o;
+  o.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify;
+  o.any_container = true;
+  o.allow_unsigned = opts.allow_unsigned;
+  if (!is_http_url(opts.package)) return o;
+  o.remote.mirrors = opts.mirrors;
+  for (auto &m : mirrors_from_file(opts.package, opts.mirrors_file)) o.remote.mirrors.push_back(std::move(m));
+  o.remote.timeout = std::chrono::seconds(opts.timeout_seconds);
+  o.remote.retries = opts.retries;
+  o.remote.cacert = opts.cacert;
+  o.remote.insecure = opts.insecure;
+  o.remote.log = [notices](const std::string &msg) { (*notices)(msg); };
+  if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
+  if (opts.cache_dir != "none") {
+    o.store = std::make_shared<ChunkStore>(opts.cache_dir, opts.cache_dir_bytes);
+    if (!o.store->usable()) (*notices)("warning: " + o.store->warning());
+  }
+  return o;
+}
+
 int serve(const Options &opts) {
   // Everything that can fail for a reason the user can fix is checked before mounting.
   struct stat st {};
@@ -39,14 +73,13 @@ int serve(const Options &opts) {
   // the cost depends on the index size only, never on the amount of data.
   // A zip (.pt, torch.package, any .zip) is mounted in place; it cannot carry a signature, so the
   // trust policy holds it to the same rule as an unsigned package.
-  const auto pkg = open_package(
-      opts.package, OpenOptions{.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify,
-                                .any_container = true,
-                                .allow_unsigned = opts.allow_unsigned});
+  // A URL: only the tail is fetched here (one or two range requests); chunks come on demand.
+  const auto notices = std::make_shared<Notices>();
+  const auto pkg = open_package(opts.package, open_options(opts, notices));
   const auto decision = enforce_trust(*pkg, check_signatures(*pkg, TrustStore::from(opts.pubkeys, opts.trust_dirs)),
                                       opts.allow_unsigned);
   if (!decision.trusted)
-    fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", opts.package,
+    fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", pkg->path(),
                decision.summary);
   if (opts.skip_chunk_digests)
     fmt::print(stderr,
@@ -61,7 +94,7 @@ int serve(const Options &opts) {
     fuse_opts += "," + o;
   }
   if (!has_fsname) {
-    std::string name = opts.package;
+    std::string name = pkg->path();  // a URL without credentials or query: /proc/mounts is world-readable
     for (char &c : name)
       if (c == ',') c = '_';  // commas would split the option list
     fuse_opts += ",fsname=" + name;
@@ -96,7 +129,8 @@ int serve(const Options &opts) {
   if (!opts.foreground) {
     ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
     fs.set_daemonized(true);
-    ::syslog(LOG_INFO, "mounted %s on %s: %s", opts.package.c_str(), opts.mountpoint.c_str(), decision.summary.c_str());
+    notices->daemonized = true;
+    ::syslog(LOG_INFO, "mounted %s on %s: %s", pkg->path().c_str(), opts.mountpoint.c_str(), decision.summary.c_str());
   }
   fs.start(se.get());
   fuse_loop_config *cfg = fuse_loop_cfg_create();

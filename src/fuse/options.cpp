@@ -31,6 +31,17 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
                   default /etc/torshpkg/trusted.d)
   -o pubkey=FILE  trust this public key (repeatable)
   -o allow_unsigned  mount a package that no trusted key signed
+Remote packages (PACKAGE is an http:// or https:// URL):
+  -o mirror=URL   another URL of the same package, tried in order on failure (repeatable)
+  -o mirrors_file=FILE  URL-prefix mirror list (default /etc/torshpkg/mirrors.conf)
+  -o timeout=SEC  per-request timeout (default 30)
+  -o retries=N    rounds over the mirrors before a read fails (default 3)
+  -o cacert=FILE  CA bundle for TLS (default: the system's)
+  -o insecure     do not verify TLS certificates (prints a warning)
+  -o cache_dir=DIR  shared disk chunk cache (default /var/cache/torshpkg; none: off)
+  -o cache_dir_size=S  its bound, least recently used chunks go first (default 16G)
+  -o prefetch=all|manifest|none  fetch in the background every file, every file
+                  but the weights (default), or nothing until read
   -o allow_other, allow_root, fsname=NAME, subtype=NAME
   -h, --help      this help
   -V, --version   version
@@ -109,6 +120,31 @@ void apply_option_list(Options &o, std::string_view list) {
       o.skip_chunk_digests = true;
     } else if (opt == "nopush") {
       o.push_to_page_cache = false;
+    } else if (key == "mirror") {
+      if (value.empty()) throw UsageError("mirror= needs a URL");
+      o.mirrors.push_back(value);
+    } else if (key == "mirrors_file" || key == "cacert" || key == "cache_dir") {
+      if (value.empty()) throw UsageError(fmt::format("{}= needs a path", key));
+      (key == "mirrors_file" ? o.mirrors_file : key == "cacert" ? o.cacert : o.cache_dir) = value;
+    } else if (key == "timeout") {
+      o.timeout_seconds = parse_uint("timeout", value, 10);
+      if (o.timeout_seconds < 1 || o.timeout_seconds > 3600) throw UsageError("timeout must be from 1 to 3600 seconds");
+    } else if (key == "retries") {
+      o.retries = parse_uint("retries", value, 10);
+      if (o.retries > 100) throw UsageError("retries must be from 0 to 100");
+    } else if (opt == "insecure") {
+      o.insecure = true;
+    } else if (key == "cache_dir_size") {
+      o.cache_dir_bytes = parse_size("cache_dir_size", value);
+    } else if (key == "prefetch") {
+      if (value == "all")
+        o.prefetch = Options::Prefetch::kAll;
+      else if (value == "manifest")
+        o.prefetch = Options::Prefetch::kManifest;
+      else if (value == "none")
+        o.prefetch = Options::Prefetch::kNone;
+      else
+        throw UsageError(fmt::format("bad value for prefetch: '{}' (all, manifest or none)", value));
     } else if (opt == "allow_other" || opt == "allow_root" || opt == "default_permissions" || key == "fsname" ||
                key == "subtype" || key == "max_read")
       o.fuse_options.push_back(opt);

@@ -26,6 +26,16 @@ struct Options {
   bool allow_unsigned = false;                       // mount without a trusted signature
   bool skip_chunk_digests = false;                   // benchmarking only: measure what lazy verification costs
   std::vector<std::string> fuse_options;             // passed to libfuse: allow_other, fsname=, ...
+  // Remote packages (http://, https://)
+  std::vector<std::string> mirrors;                  // -o mirror=URL (repeatable), before the mirrors file's
+  std::string mirrors_file = "/etc/torshpkg/mirrors.conf";
+  std::uint32_t timeout_seconds = 30;                // per request
+  std::uint32_t retries = 3;
+  std::string cacert;
+  bool insecure = false;
+  std::string cache_dir = "/var/cache/torshpkg";     // "none": no disk chunk cache
+  std::uint64_t cache_dir_bytes = 16ull << 30;
+  enum class Prefetch { kNone, kManifest, kAll } prefetch = Prefetch::kManifest;
 };
 
 // Throws UsageError with a message naming the bad argument.

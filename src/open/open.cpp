@@ -31,13 +31,15 @@ bool same_scheme(std::string_view a, std::string_view b) {  // schemes are case-
 
 struct Backend {
   std::string_view scheme;  // "file" serves plain paths too
-  std::shared_ptr<const ChunkSource> (*open)(const std::string &location);
+  std::shared_ptr<const ChunkSource> (*open)(const std::string &location, const OpenOptions &opts);
 };
 
 const Backend kBackends[] = {
-    {"file", [](const std::string &loc) -> std::shared_ptr<const ChunkSource> {
+    {"file", [](const std::string &loc, const OpenOptions &) -> std::shared_ptr<const ChunkSource> {
        return std::make_shared<FileSource>(scheme_of(loc).empty() ? loc : loc.substr(7));
      }},
+    {"http", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
+    {"https", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
 };
 
 struct Container {
@@ -54,15 +56,15 @@ const Container kContainers[] = {
 
 }  // namespace
 
-std::shared_ptr<const ChunkSource> open_source(const std::string &location) {
+std::shared_ptr<const ChunkSource> open_source(const std::string &location, const OpenOptions &opts) {
   const auto scheme = scheme_of(location);
   for (const auto &b : kBackends)
-    if (same_scheme(b.scheme, scheme) || (scheme.empty() && b.scheme == "file")) return b.open(location);
+    if (same_scheme(b.scheme, scheme) || (scheme.empty() && b.scheme == "file")) return b.open(location, opts);
   throw UsageError(fmt::format("{}: no backend for {}:// locations in this build", location, scheme));
 }
 
 std::shared_ptr<const Package> open_package(const std::string &location, const OpenOptions &opts) {
-  auto source = open_source(location);
+  auto source = open_source(location, opts);
   if (opts.any_container)
     for (const auto &c : kContainers)
       if (c.recognises(*source)) {
@@ -70,7 +72,8 @@ std::shared_ptr<const Package> open_package(const std::string &location, const O
           throw unsigned_refusal(location, c.unsigned_because, c.remedy);
         return c.open(std::move(source), opts);
       }
-  return Package::open(std::move(source), opts.digests);  // .tpkg: the native container
+  auto store = source->remote() ? opts.store : nullptr;  // a local file is its own cache
+  return Package::open(std::move(source), opts.digests, std::move(store));  // .tpkg: the native container
 }
 
 }  // namespace torshpkg

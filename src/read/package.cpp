@@ -70,7 +70,8 @@ std::shared_ptr<const Package> Package::open(const std::string &path, ChunkDiges
   return open(std::make_shared<FileSource>(path), digests);
 }
 
-std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> source, ChunkDigests digests) {
+std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> source, ChunkDigests digests,
+                                             std::shared_ptr<ChunkStore> store) {
   std::shared_ptr<Package> p(new Package());
   p->source_ = std::move(source);
   const auto &name = p->source_->name();
@@ -91,8 +92,9 @@ std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> 
   } catch (const IntegrityError &e) {
     throw IntegrityError(fmt::format("{}: {}", name, e.what()));
   }
-  p->pipeline_ = std::make_unique<ChunkPipeline>(p->source_,
-                                                 ChunkPipeline::standard_stages(digests == ChunkDigests::kVerify));
+  const bool verify = digests == ChunkDigests::kVerify;
+  if (!verify) store = nullptr;  // the cache is keyed and checked by digest
+  p->pipeline_ = std::make_unique<ChunkPipeline>(p->source_, ChunkPipeline::standard_stages(verify, store), store);
   return p;
 }
 
@@ -429,6 +431,40 @@ std::uint64_t Package::cache_key(std::uint64_t index) const noexcept {
 
 void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const {
   pipeline_->load(ChunkWork{index, chunk(index)}, out);
+}
+
+std::uint64_t Package::adjacent_run(std::uint64_t first, std::uint64_t max_count,
+                                    std::uint64_t max_bytes) const noexcept {
+  if (first >= chunk_count() || max_count == 0) return 0;
+  auto prev = chunk(first);
+  std::uint64_t n = 1, bytes = prev.stored_size;
+  while (n < max_count && first + n < chunk_count()) {
+    const auto next = chunk(first + n);
+    if (next.offset != prev.offset + prev.stored_size || bytes + next.stored_size > max_bytes) break;
+    bytes += next.stored_size;
+    prev = next;
+    ++n;
+  }
+  return n;
+}
+
+namespace {
+std::vector<ChunkWork> works_for(const Package &p, std::uint64_t first, std::uint64_t count) {
+  std::vector<ChunkWork> works;
+  works.reserve(count);
+  for (std::uint64_t i = first; i < first + count; ++i) works.push_back(ChunkWork{i, p.chunk(i)});
+  return works;
+}
+}  // namespace
+
+void Package::load_adjacent(std::uint64_t first, std::span<const std::span<std::uint8_t>> outs) const {
+  if (first > chunk_count() || outs.size() > chunk_count() - first) throw InternalError("load_adjacent: no such chunks");
+  pipeline_->load_adjacent(works_for(*this, first, outs.size()), outs);
+}
+
+void Package::fetch_into_store(std::uint64_t first, std::uint64_t count) const {
+  if (!pipeline_->store() || first > chunk_count() || count > chunk_count() - first) return;
+  pipeline_->fetch_into_store(works_for(*this, first, count));
 }
 
 }  // namespace torshpkg

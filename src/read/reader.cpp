@@ -130,19 +130,53 @@ void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t coun
   if (!workers_) return;
   const std::uint64_t end = std::min(first + count, pkg_->chunks_in_file(ino));
   const auto base = pkg_->inode(ino).first;
-  for (std::uint64_t k = first; k < end; ++k) {
+  // A remote source: runs of neighbouring chunks become one request each, run in parallel.
+  const std::uint64_t coalesce = pkg_->source().coalesce_bytes();
+  for (std::uint64_t k = first; k < end;) {
     const std::uint64_t index = base + k;
-    if (cache_.contains(pkg_->cache_key(index))) continue;
+    if (cache_.contains(pkg_->cache_key(index))) {
+      ++k;
+      continue;
+    }
+    std::uint64_t run = coalesce ? pkg_->adjacent_run(index, end - k, coalesce) : 1;
+    for (std::uint64_t j = 1; j < run; ++j)  // stop before a chunk that needs no fetching
+      if (cache_.contains(pkg_->cache_key(index + j)) || pkg_->cache_key(index + j) != index + j) {
+        run = j;
+        break;
+      }
     {
       std::lock_guard lock(queued_mu_);
       if (queued_.size() >= kMaxQueued) return;
-      if (!queued_.insert(index).second) continue;
+      if (!queued_.insert(index).second) {
+        ++k;
+        continue;
+      }
     }
-    (void)workers_->submit([this, ino, k, index] {
-      (void)decode_ahead(ino, k);
+    (void)workers_->submit([this, ino, k, index, run] {
+      if (run > 1)
+        decode_adjacent(index, run);
+      else
+        (void)decode_ahead(ino, k);
       std::lock_guard lock(queued_mu_);
       queued_.erase(index);
     });
+    k += run;
+  }
+}
+
+void Reader::decode_adjacent(std::uint64_t first, std::uint64_t count) noexcept {
+  try {
+    std::vector<std::shared_ptr<ChunkBuffer>> bufs;
+    std::vector<std::span<std::uint8_t>> outs;
+    for (std::uint64_t i = first; i < first + count; ++i) {
+      bufs.push_back(pool_->take(pkg_->chunk(i).decoded_size));
+      outs.emplace_back(*bufs.back());
+    }
+    pkg_->load_adjacent(first, outs);
+    for (std::uint64_t i = 0; i < count; ++i)  // a chunk someone else loaded meanwhile keeps theirs
+      (void)cache_.get(pkg_->cache_key(first + i), [&]() -> ChunkPtr { return bufs[i]; });
+  } catch (const std::exception &) {
+    // Decode-ahead is silent: a reader that asks for these chunks gets the error.
   }
 }
 

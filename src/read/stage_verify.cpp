@@ -17,7 +17,7 @@ class VerifyDigest final : public ChunkStage {
   [[nodiscard]] std::size_t output_size(const format::ChunkEntry &, std::size_t in) const override { return in; }
   void run(const ChunkWork &w, std::span<const std::uint8_t> in, std::span<std::uint8_t>,
            PipelineContext &) const override {
-    if (sha256(in) != w.entry.digest) throw IntegrityError(fmt::format("chunk {} fails its SHA-256 digest", w.index));
+    if (sha256(in) != w.entry.digest) throw DigestMismatch(fmt::format("chunk {} fails its SHA-256 digest", w.index));
   }
 };
 }  // namespace
