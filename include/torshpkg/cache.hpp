@@ -27,6 +27,13 @@ class ChunkCache {
   // True when `key` is cached or being loaded.
   [[nodiscard]] bool contains(std::uint64_t key) const;
 
+  // For loads of several keys at once (one request for adjacent chunks): claims `key` when it is
+  // neither cached nor loading, so that get() of it waits for the claimant, who must then fulfil()
+  // or abandon() it. An abandoned key is loaded by its waiters themselves, as on a plain miss.
+  [[nodiscard]] bool claim(std::uint64_t key);
+  void fulfil(std::uint64_t key, ChunkPtr value);
+  void abandon(std::uint64_t key) noexcept;
+
   struct Stats {
     std::uint64_t hits = 0, misses = 0, evictions = 0, bytes = 0;
   };
@@ -37,7 +44,8 @@ class ChunkCache {
   struct Entry {
     std::shared_future<ChunkPtr> value;
     std::list<std::uint64_t>::iterator lru;
-    std::uint64_t bytes = 0;  // 0 while loading
+    std::uint64_t bytes = 0;                           // 0 while loading
+    std::shared_ptr<std::promise<ChunkPtr>> claimed;  // set while claim()ed
   };
   struct Shard {
     mutable std::mutex mu;
@@ -46,6 +54,9 @@ class ChunkCache {
     std::uint64_t bytes = 0, hits = 0, misses = 0, evictions = 0;
   };
   void evict_locked(Shard &s);
+  [[nodiscard]] Shard &shard_of(std::uint64_t key) const noexcept;
+  // After a load: the entry's size counts, then the shard is trimmed to its budget.
+  void settle_locked(Shard &s, std::uint64_t key, std::uint64_t bytes);
 
   std::uint64_t budget_;
   std::uint64_t shard_budget_;

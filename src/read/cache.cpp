@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "torshpkg/errors.hpp"
+
 namespace torshpkg {
 
 namespace {
@@ -19,28 +21,42 @@ ChunkCache::ChunkCache(std::uint64_t budget_bytes, unsigned shards)
   for (unsigned i = 0; i < std::max(1u, shards); ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
+namespace {
+// What waiters on an abandoned claim see: they then load the key themselves.
+struct Abandoned {};
+}  // namespace
+
+ChunkCache::Shard &ChunkCache::shard_of(std::uint64_t key) const noexcept {
+  return *shards_[mix(key) % shards_.size()];
+}
+
 bool ChunkCache::contains(std::uint64_t key) const {
-  const Shard &s = *shards_[mix(key) % shards_.size()];
+  const Shard &s = shard_of(key);
   std::lock_guard lock(s.mu);
   return s.map.count(key) != 0;
 }
 
 ChunkPtr ChunkCache::get(std::uint64_t key, const Loader &load, bool *loaded) {
   if (loaded) *loaded = false;
-  Shard &s = *shards_[mix(key) % shards_.size()];
+  Shard &s = shard_of(key);
   std::promise<ChunkPtr> promise;
-  {
+  for (;;) {
     std::unique_lock lock(s.mu);
     if (auto it = s.map.find(key); it != s.map.end()) {
       ++s.hits;
       s.lru.splice(s.lru.begin(), s.lru, it->second.lru);
       auto fut = it->second.value;
       lock.unlock();
-      return fut.get();  // waits when another thread is still loading it
+      try {
+        return fut.get();  // waits when another thread is still loading it
+      } catch (const Abandoned &) {
+        continue;  // its claimant gave up: load it here (the entry is gone)
+      }
     }
     ++s.misses;
     s.lru.push_front(key);
-    s.map.emplace(key, Entry{promise.get_future().share(), s.lru.begin(), 0});
+    s.map.emplace(key, Entry{promise.get_future().share(), s.lru.begin(), 0, nullptr});
+    break;
   }
   ChunkPtr value;
   try {
@@ -57,12 +73,55 @@ ChunkPtr ChunkCache::get(std::uint64_t key, const Loader &load, bool *loaded) {
   promise.set_value(value);
   if (loaded) *loaded = true;
   std::lock_guard lock(s.mu);
+  settle_locked(s, key, value->size());
+  return value;
+}
+
+void ChunkCache::settle_locked(Shard &s, std::uint64_t key, std::uint64_t bytes) {
   if (auto it = s.map.find(key); it != s.map.end()) {
-    it->second.bytes = value->size();
-    s.bytes += value->size();
+    it->second.bytes = bytes;
+    it->second.claimed.reset();
+    s.bytes += bytes;
     evict_locked(s);
   }
-  return value;
+}
+
+bool ChunkCache::claim(std::uint64_t key) {
+  Shard &s = shard_of(key);
+  auto promise = std::make_shared<std::promise<ChunkPtr>>();
+  std::lock_guard lock(s.mu);
+  if (s.map.count(key)) return false;
+  ++s.misses;
+  s.lru.push_front(key);
+  s.map.emplace(key, Entry{promise->get_future().share(), s.lru.begin(), 0, promise});
+  return true;
+}
+
+void ChunkCache::fulfil(std::uint64_t key, ChunkPtr value) {
+  Shard &s = shard_of(key);
+  std::shared_ptr<std::promise<ChunkPtr>> promise;
+  {
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(key);
+    if (it == s.map.end() || !it->second.claimed) throw InternalError("ChunkCache::fulfil of a key not claimed");
+    promise = it->second.claimed;
+    settle_locked(s, key, value->size());
+  }
+  promise->set_value(std::move(value));
+}
+
+void ChunkCache::abandon(std::uint64_t key) noexcept {
+  Shard &s = shard_of(key);
+  std::shared_ptr<std::promise<ChunkPtr>> promise;
+  {
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(key);
+    if (it == s.map.end() || !it->second.claimed) return;
+    promise = std::move(it->second.claimed);
+    s.lru.erase(it->second.lru);
+    s.map.erase(it);  // before waking the waiters: they load it themselves
+  }
+  promise->set_exception(std::make_exception_ptr(Abandoned{}));
 }
 
 void ChunkCache::evict_locked(Shard &s) {

@@ -138,7 +138,9 @@ void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t coun
       ++k;
       continue;
     }
-    std::uint64_t run = coalesce ? pkg_->adjacent_run(index, end - k, coalesce) : 1;
+    // A run may reach past the window asked for, to the end of the file: the window moves a chunk
+    // at a time, and requests of coalesce_bytes() each are what a remote source wants.
+    std::uint64_t run = coalesce ? pkg_->adjacent_run(index, pkg_->chunks_in_file(ino) - k, coalesce) : 1;
     for (std::uint64_t j = 1; j < run; ++j)  // stop before a chunk that needs no fetching
       if (cache_.contains(pkg_->cache_key(index + j)) || pkg_->cache_key(index + j) != index + j) {
         run = j;
@@ -165,18 +167,31 @@ void Reader::prefetch(std::uint32_t ino, std::uint64_t first, std::uint64_t coun
 }
 
 void Reader::decode_adjacent(std::uint64_t first, std::uint64_t count) noexcept {
-  try {
-    std::vector<std::shared_ptr<ChunkBuffer>> bufs;
-    std::vector<std::span<std::uint8_t>> outs;
-    for (std::uint64_t i = first; i < first + count; ++i) {
-      bufs.push_back(pool_->take(pkg_->chunk(i).decoded_size));
-      outs.emplace_back(*bufs.back());
+  // Claimed chunks make readers of them wait for this one load instead of fetching them again;
+  // chunks someone else is loading (or has) split the run.
+  std::uint64_t i = 0;
+  while (i < count) {
+    std::uint64_t run = 0;
+    while (i + run < count && cache_.claim(pkg_->cache_key(first + i + run))) ++run;
+    if (run == 0) {
+      ++i;
+      continue;
     }
-    pkg_->load_adjacent(first, outs);
-    for (std::uint64_t i = 0; i < count; ++i)  // a chunk someone else loaded meanwhile keeps theirs
-      (void)cache_.get(pkg_->cache_key(first + i), [&]() -> ChunkPtr { return bufs[i]; });
-  } catch (const std::exception &) {
-    // Decode-ahead is silent: a reader that asks for these chunks gets the error.
+    const std::uint64_t start = first + i;
+    try {
+      std::vector<std::shared_ptr<ChunkBuffer>> bufs;
+      std::vector<std::span<std::uint8_t>> outs;
+      for (std::uint64_t j = start; j < start + run; ++j) {
+        bufs.push_back(pool_->take(pkg_->chunk(j).decoded_size));
+        outs.emplace_back(*bufs.back());
+      }
+      pkg_->load_adjacent(start, outs);
+      for (std::uint64_t j = 0; j < run; ++j) cache_.fulfil(pkg_->cache_key(start + j), std::move(bufs[j]));
+    } catch (const std::exception &) {
+      // Decode-ahead is silent: readers waiting on these chunks load them themselves, and get the error.
+      for (std::uint64_t j = 0; j < run; ++j) cache_.abandon(pkg_->cache_key(start + j));
+    }
+    i += run;
   }
 }
 

@@ -337,6 +337,7 @@ class HttpSource final : public ChunkSource {
   mutable std::atomic<bool> bypass_head_{false}, bypass_tail_{false};
   mutable std::atomic<std::uint64_t> requests_{0}, retries_{0}, failovers_{0}, bytes_fetched_{0}, ignored_range_{0};
   mutable std::atomic<Mirror *> in_use_{nullptr};
+  std::atomic<bool> opened_{false};  // the tail is in
 };
 
 HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts_(opts), name_(redact_url(url)) {
@@ -354,9 +355,13 @@ HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts
   const auto deadline = Clock::now() + opts_.timeout * (opts_.retries + 1) * mirrors_.size();
   Reply first_error;
   bool have_error = false;
+  Mirror *previous = nullptr;
   for (unsigned attempt = 0; attempt < (opts_.retries + 1) * mirrors_.size(); ++attempt) {
     Mirror *m = pick(deadline);
     if (!m) break;
+    if (attempt > 0) retries_.fetch_add(1, std::memory_order_relaxed);
+    if (previous && previous != m) failovers_.fetch_add(1, std::memory_order_relaxed);
+    previous = m;
     std::vector<std::uint8_t> tail;
     const Reply r = request(*m, Range{0, std::max<std::uint64_t>(opts_.tail_bytes, format::kFooterSize), true}, {},
                             &tail);
@@ -370,6 +375,7 @@ HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts
       m->verified = true;
       m->etag = r.etag;
       in_use_ = m;
+      opened_ = true;
       if (r.ignored_range)
         log(fmt::format("{}: the server ignores Range requests: every read downloads from the start of the file",
                         m->display));
@@ -547,7 +553,8 @@ void HttpSource::mark_bad(Mirror &m, const std::string &why) const {
     m.state = Mirror::State::kBad;
     m.why_bad = why;
   }
-  log(fmt::format("{}: not used again: {}", m.display, why));
+  // While opening, the error that ends the open says it (once); mirrors are not logged either.
+  if (opened_.load() || mirrors_.size() > 1) log(fmt::format("{}: not used again: {}", m.display, why));
 }
 
 void HttpSource::failed(Mirror &m, const Reply &r) const {
