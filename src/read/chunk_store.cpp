@@ -401,16 +401,33 @@ void ChunkStore::maybe_collect(std::uint64_t added) noexcept {
       } else {
         estimated_bytes_ = saturating_add(estimated_bytes_, added);
       }
-      if (estimated_bytes_ <= max_bytes_) return;
+      if (collecting_) added_while_collecting_ = saturating_add(added_while_collecting_, added);
+      if (estimated_bytes_ <= max_bytes_ || collecting_) return;  // the collector sees this put when done
+      collecting_ = true;
+      added_while_collecting_ = 0;
     }
-    // One collector at a time, across processes and threads (each open has its own flock): the
-    // others carry on and try again at their next put.
-    const UniqueFd fd = open_lock(dir_ + "/gc.lock");
-    if (!fd || !lock(fd, false)) return;
-    const auto r = collect_locked(max_bytes_ / 10 * 9 + max_bytes_ % 10 * 9 / 10, false);
+    // One collector at a time, across processes (flock) and threads (collecting_): the others carry
+    // on. Puts made while it scans are added to what it kept, and another round runs if that is
+    // still too much, so the bound holds after the last put too.
+    for (int round = 0; round < 3; ++round) {
+      std::uint64_t kept = 0;
+      try {
+        const UniqueFd fd = open_lock(dir_ + "/gc.lock");
+        if (!fd || !lock(fd, false)) break;  // another process collects
+        kept = collect_locked(max_bytes_ / 10 * 9 + max_bytes_ % 10 * 9 / 10, false).kept_bytes;
+      } catch (...) {  // I/O errors while collecting, bad_alloc: the next put tries again
+        break;
+      }
+      std::lock_guard lk(mu_);
+      estimated_bytes_ = saturating_add(kept, added_while_collecting_);
+      added_while_collecting_ = 0;
+      if (estimated_bytes_ <= max_bytes_) break;
+    }
     std::lock_guard lk(mu_);
-    estimated_bytes_ = r.kept_bytes;
-  } catch (...) {  // I/O errors while collecting, bad_alloc: the next put tries again
+    collecting_ = false;
+  } catch (...) {
+    std::lock_guard lk(mu_);
+    collecting_ = false;
   }
 }
 

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -690,6 +691,52 @@ def main():
         used = sum(os.path.getsize(p) for p in glob.glob(os.path.join(cache_small, "chunks", "*", "*")) if os.path.isfile(p))
         h.check("cache_dir_size=2M: the cache stays within 2 MiB (+ one 256 KiB chunk of slack)",
                 0 < used <= (2 << 20) + CHUNK, f"{used} bytes cached")
+
+        h.section("two daemons on one cache dir; a full cache disk")
+        shared = os.path.join(T, "cache-shared")
+        mnts = [new_mnt("shared-a"), new_mnt("shared-b")]
+        rcs = [mount(url, m, *tls, "-o", f"cache_dir={shared}", "-o", "prefetch=none")[0] for m in mnts]
+        if h.check("two mounts of one URL with one cache_dir: both mount", rcs == [0, 0] and all(map(os.path.ismount, mnts)),
+                   f"exits {rcs}"):
+            results = [None, None]
+
+            def read_into(i):
+                results[i] = read_tree(mnts[i], want)
+
+            readers = [threading.Thread(target=read_into, args=(i,)) for i in range(2)]
+            for t in readers:
+                t.start()
+            for t in readers:
+                t.join(READ_TIMEOUT * 2)
+            h.check("two daemons reading at once through one cache dir: every file byte-exact in both",
+                    all(r is not None and all_ok(r) for r in results),
+                    "; ".join(summary(r) if r else "did not finish" for r in results))
+        for m in mnts:
+            h.unmount(m)
+        names = {os.path.basename(p) for p in glob.glob(os.path.join(shared, "chunks", "*", "*")) if os.path.isfile(p)}
+        temps = [p for p in glob.glob(os.path.join(shared, "tmp", "*"))]
+        h.check("the shared cache holds exactly v1's chunks, no temp files left", names == digests1 and not temps,
+                f"{len(names)} entries for {len(digests1)} chunks, {len(temps)} temp files")
+
+        full = os.path.join(T, "cache-full")
+        os.makedirs(full)
+        if h.check("a 512 KiB tmpfs for a full cache disk", subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", full]).returncode == 0):
+            try:
+                mnt = new_mnt("cache-full")
+                rc, log = mount(url, mnt, *tls, "-o", f"cache_dir={full}", "-o", "prefetch=none")
+                if h.check("cache_dir on a full disk: mount exits 0", rc == 0 and os.path.ismount(mnt),
+                           f"exit {rc}: {tail(log)}"):
+                    res = read_tree(mnt, want)
+                    h.check("cache_dir on a full disk: every file byte-exact (no caching, no errors)", all_ok(res),
+                            summary(res))
+                    st, why = read_stats(mnt)
+                    dc = (st or {}).get("disk_cache") or {}
+                    h.check("cache_dir on a full disk: stats show write_failures > 0",
+                            num(dc, "write_failures") > 0, json.dumps(dc) if st else why)
+                h.unmount(mnt)
+            finally:
+                subprocess.run(["umount", full])
 
         h.section("prefetch")
         mnt = new_mnt("prefetch-all")
