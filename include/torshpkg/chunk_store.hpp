@@ -92,6 +92,7 @@ class ChunkStore {
   std::int64_t writes_paused_until_ = 0;     // after ENOSPC, EDQUOT, EROFS, EACCES: seconds (steady)
   std::uint64_t estimated_bytes_ = 0;        // of chunks/, from a scan at the first put, then counted
   bool estimated_ = false;
+  std::uint64_t written_since_scan_ = 0;     // other processes write too: rescan after max_bytes / 8
   bool collecting_ = false;                  // a thread of this process is collecting
   std::uint64_t added_while_collecting_ = 0;  // puts its scan may have missed
   std::atomic<std::uint64_t> hits_{0}, misses_{0}, bytes_read_{0}, bytes_written_{0}, write_failures_{0}, dropped_{0};

@@ -11,6 +11,7 @@
 #include "torshpkg/chunk_store.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
+#include "torshpkg/sizes.hpp"
 
 namespace torshpkg::cli {
 
@@ -31,35 +32,6 @@ bool exists(const std::string &dir) {
   if (::stat(dir.c_str(), &st) == 0) return true;
   if (errno == ENOENT) return false;
   throw_errno("stat", dir);
-}
-
-// 512M, 16G, 1T, 4096: K/M/G/T (optionally KiB, ...) are powers of 1024.
-std::uint64_t parse_size(const std::string &text) {
-  std::size_t digits = 0;
-  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
-  if (digits == 0) throw UsageError(fmt::format("bad --max-size '{}': expected a number like 512M or 16G", text));
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < digits; ++i) {
-    const auto d = static_cast<std::uint64_t>(text[i] - '0');
-    if (v > (UINT64_MAX - d) / 10) throw UsageError(fmt::format("--max-size too large: '{}'", text));
-    v = v * 10 + d;
-  }
-  const std::string unit = text.substr(digits);
-  unsigned shift = 0;
-  if (unit.empty() || unit == "B")
-    shift = 0;
-  else if (unit == "K" || unit == "k" || unit == "KiB")
-    shift = 10;
-  else if (unit == "M" || unit == "m" || unit == "MiB")
-    shift = 20;
-  else if (unit == "G" || unit == "g" || unit == "GiB")
-    shift = 30;
-  else if (unit == "T" || unit == "t" || unit == "TiB")
-    shift = 40;
-  else
-    throw UsageError(fmt::format("bad --max-size '{}': the unit must be K, M, G or T", text));
-  if (v > (UINT64_MAX >> shift)) throw UsageError(fmt::format("--max-size too large: '{}'", text));
-  return v << shift;
 }
 
 std::string utc_iso(std::int64_t sec) {
@@ -142,7 +114,7 @@ void add_cache(CLI::App &app, Action &action) {
                  fmt::format("Keep at most this much, like 512M or 16G (default {}G)", kDefaultChunkStoreBytes >> 30));
   gc->callback([&action, a] {
     action = [a]() -> int {
-      const std::uint64_t max = a->max_size.empty() ? kDefaultChunkStoreBytes : parse_size(a->max_size);
+      const std::uint64_t max = a->max_size.empty() ? kDefaultChunkStoreBytes : parse_size("--max-size", a->max_size);
       return run_gc(cache_dir(a->dir), max, false);
     };
   });

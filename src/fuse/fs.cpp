@@ -309,7 +309,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
   fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
   auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_, stream_slack_chunks_);
   if (ino == stats_ino()) {
-    of->snapshot = stats_json();
+    of->snapshot = std::make_shared<const std::string>(stats_json());
     fi->keep_cache = 0;
     fi->direct_io = 1;  // its size is not known ahead
   }
@@ -325,8 +325,8 @@ void Filesystem::release(fuse_req_t req, fuse_file_info *fi) {
 void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info *fi) {
   if (off < 0) throw UsageError("negative offset");
   if (is_virtual_file(ino)) {
-    const std::string_view text =
-        ino == manifest_ino() ? pkg_->manifest_text() : std::string_view(reinterpret_cast<OpenFile *>(fi->fh)->snapshot);
+    const auto snapshot = ino == manifest_ino() ? nullptr : reinterpret_cast<OpenFile *>(fi->fh)->snapshot;
+    const std::string_view text = snapshot ? std::string_view(*snapshot) : pkg_->manifest_text();
     const auto start = std::min<std::size_t>(static_cast<std::size_t>(off), text.size());
     const auto n = std::min(size, text.size() - start);
     fuse_reply_buf(req, text.data() + start, n);

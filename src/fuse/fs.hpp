@@ -58,7 +58,9 @@ class Filesystem {
     OpenFile(std::uint64_t readahead_chunks, std::uint64_t slack_chunks) : pattern(readahead_chunks, slack_chunks) {}
     ReadPattern pattern;
     std::mutex mu;
-    std::string snapshot;  // the contents of a virtual file as it was opened
+    // The contents of a virtual file as it was opened; shared, because the kernel may release the
+    // handle while a reply from it is still being written.
+    std::shared_ptr<const std::string> snapshot;
   };
   // Queues decode-ahead for a sequential stream; returns whether this read continued one.
   bool plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept;

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "torshpkg/errors.hpp"
+#include "torshpkg/sizes.hpp"
 
 namespace torshpkg::mount {
 
@@ -154,28 +155,6 @@ void apply_option_list(Options &o, std::string_view list) {
 }
 
 }  // namespace
-
-std::uint64_t parse_size(const std::string &what, const std::string &text) {
-  std::size_t pos = 0;
-  unsigned long long v = 0;
-  try {
-    v = std::stoull(text, &pos);
-  } catch (const std::exception &) {
-    throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
-  }
-  const std::string unit = text.substr(pos);
-  unsigned shift = 0;
-  if (unit == "K" || unit == "k" || unit == "KiB")
-    shift = 10;
-  else if (unit == "M" || unit == "m" || unit == "MiB")
-    shift = 20;
-  else if (unit == "G" || unit == "g" || unit == "GiB")
-    shift = 30;
-  else if (!unit.empty())
-    throw UsageError(fmt::format("bad value for {}: '{}'", what, text));
-  if (v > (UINT64_MAX >> shift)) throw UsageError(fmt::format("{} too large: '{}'", what, text));
-  return v << shift;
-}
 
 Options parse_options(int argc, char **argv) {
   Options o;

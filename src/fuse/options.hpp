@@ -40,8 +40,6 @@ struct Options {
 
 // Throws UsageError with a message naming the bad argument.
 Options parse_options(int argc, char **argv);
-// "256M", "1G", "65536" -> bytes; throws UsageError.
-std::uint64_t parse_size(const std::string &what, const std::string &text);
 extern const char *const kUsageText;
 
 }  // namespace torshpkg::mount

@@ -389,8 +389,13 @@ void ChunkStore::maybe_collect(std::uint64_t added) noexcept {
   try {
     {
       std::lock_guard lk(mu_);
+      written_since_scan_ = saturating_add(written_since_scan_, added);
+      // Other daemons on this directory write too, unseen: a scan now and then keeps the bound
+      // shared (at most an eighth of it written here between scans).
+      if (written_since_scan_ > max_bytes_ / 8 && !collecting_) estimated_ = false;
       if (!estimated_) {
         // One scan, which already counts the chunk just added.
+        written_since_scan_ = 0;
         std::uint64_t total = 0;
         try {
           for (const auto &e : list()) total = saturating_add(total, e.size);

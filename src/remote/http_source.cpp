@@ -283,7 +283,6 @@ std::string json_string(std::string_view s) {
 class HttpSource final : public ChunkSource {
  public:
   HttpSource(const std::string &url, const RemoteOptions &opts);
-  ~HttpSource() override;
 
   void read(std::uint64_t offset, std::span<std::uint8_t> out) const override;
   // read() without the tail and head buffers: one range request, with retries and failover.
@@ -319,7 +318,7 @@ class HttpSource final : public ChunkSource {
   std::string name_;
   Share share_;
   mutable std::mutex mu_;  // mirror states, the handle pool, the recent reads
-  mutable std::vector<CURL *> idle_;
+  mutable std::vector<Easy> idle_;  // after share_: cleaned up before it, also when the constructor throws
   mutable std::deque<std::unique_ptr<Mirror>> mirrors_;  // [0] is the URL itself
   struct RecentRead {
     std::uint64_t offset, length;
@@ -388,10 +387,6 @@ HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts
   throw IoError(fmt::format("{}: {}", name_, have_error ? first_error.error : "no mirror could be reached"), err);
 }
 
-HttpSource::~HttpSource() {
-  for (CURL *h : idle_) curl_easy_cleanup(h);
-}
-
 void HttpSource::log(const std::string &msg) const {
   if (opts_.log)
     opts_.log(msg);
@@ -403,7 +398,7 @@ CURL *HttpSource::take_handle() const {
   {
     std::lock_guard lock(mu_);
     if (!idle_.empty()) {
-      CURL *h = idle_.back();
+      CURL *h = idle_.back().release();
       idle_.pop_back();
       return h;
     }
@@ -433,11 +428,11 @@ CURL *HttpSource::take_handle() const {
 }
 
 void HttpSource::give_back(CURL *h) const noexcept {
+  Easy owned(h);
   std::lock_guard lock(mu_);
   try {
-    idle_.push_back(h);
-  } catch (...) {
-    curl_easy_cleanup(h);
+    idle_.push_back(std::move(owned));
+  } catch (...) {  // no memory for the pool: the handle goes (owned cleans it up)
   }
 }
 
