@@ -5,7 +5,8 @@
 // (HTTP/1.1 keep-alive; HTTP/2 where the server offers it over TLS).
 #include "torshpkg/http_source.hpp"
 
-#include <curl/curl.h>
+#include "curl_api.hpp"
+
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -54,35 +55,27 @@ std::optional<std::uint64_t> parse_u64(std::string_view s) noexcept {
   return v;
 }
 
-// curl_global_init is not thread-safe: once per process, before the first handle.
-void init_curl_once() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) throw InternalError("curl_global_init failed");
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // RAII for curl handles.
 
 struct EasyDeleter {
-  void operator()(CURL *h) const noexcept { curl_easy_cleanup(h); }
+  void operator()(CURL *h) const noexcept { remote::curl_api().easy_cleanup(h); }
 };
 using Easy = std::unique_ptr<CURL, EasyDeleter>;
 
 // DNS, TLS sessions and connections shared by every handle of one source.
 class Share {
  public:
-  Share() : sh_(curl_share_init()) {
+  Share() : sh_(remote::curl_api().share_init()) {
     if (!sh_) throw InternalError("curl_share_init failed");
-    curl_share_setopt(sh_, CURLSHOPT_LOCKFUNC, &Share::lock);
-    curl_share_setopt(sh_, CURLSHOPT_UNLOCKFUNC, &Share::unlock);
-    curl_share_setopt(sh_, CURLSHOPT_USERDATA, this);
-    curl_share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
-    curl_share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_LOCKFUNC, &Share::lock);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_UNLOCKFUNC, &Share::unlock);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_USERDATA, this);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    remote::curl_api().share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
   }
-  ~Share() { curl_share_cleanup(sh_); }
+  ~Share() { remote::curl_api().share_cleanup(sh_); }
   Share(const Share &) = delete;
   Share &operator=(const Share &) = delete;
   [[nodiscard]] CURLSH *get() const noexcept { return sh_; }
@@ -340,7 +333,6 @@ class HttpSource final : public ChunkSource {
 };
 
 HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts_(opts), name_(redact_url(url)) {
-  init_curl_once();
   mirrors_.push_back(std::make_unique<Mirror>());
   mirrors_.back()->url = url;
   mirrors_.back()->display = name_;
@@ -403,26 +395,26 @@ CURL *HttpSource::take_handle() const {
       return h;
     }
   }
-  Easy h(curl_easy_init());
+  Easy h(remote::curl_api().easy_init());
   if (!h) throw InternalError("curl_easy_init failed");
   CURL *e = h.get();
-  curl_easy_setopt(e, CURLOPT_SHARE, share_.get());
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for DNS timeouts
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_USERAGENT, fmt::format("torshpkg/{}", kVersion).c_str());
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
-  if (!opts_.cacert.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, opts_.cacert.c_str());
+  remote::curl_api().easy_setopt(e, CURLOPT_SHARE, share_.get());
+  remote::curl_api().easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for DNS timeouts
+  remote::curl_api().easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+  remote::curl_api().easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  remote::curl_api().easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+  remote::curl_api().easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  remote::curl_api().easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  remote::curl_api().easy_setopt(e, CURLOPT_USERAGENT, fmt::format("torshpkg/{}", kVersion).c_str());
+  remote::curl_api().easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  remote::curl_api().easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
+  remote::curl_api().easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
+  remote::curl_api().easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
+  remote::curl_api().easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
+  if (!opts_.cacert.empty()) remote::curl_api().easy_setopt(e, CURLOPT_CAINFO, opts_.cacert.c_str());
   if (opts_.insecure) {
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    remote::curl_api().easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    remote::curl_api().easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
   return h.release();
 }
@@ -446,17 +438,17 @@ Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t>
   const std::string spec = range.suffix ? fmt::format("-{}", range.length)
                                         : fmt::format("{}-{}", range.offset, range.offset + range.length - 1);
   char errbuf[CURL_ERROR_SIZE] = {};
-  curl_easy_setopt(e, CURLOPT_URL, m.url.c_str());
-  curl_easy_setopt(e, CURLOPT_RANGE, spec.c_str());
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+  remote::curl_api().easy_setopt(e, CURLOPT_URL, m.url.c_str());
+  remote::curl_api().easy_setopt(e, CURLOPT_RANGE, spec.c_str());
+  remote::curl_api().easy_setopt(e, CURLOPT_HEADERDATA, &t);
+  remote::curl_api().easy_setopt(e, CURLOPT_WRITEDATA, &t);
+  remote::curl_api().easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
   requests_.fetch_add(1, std::memory_order_relaxed);
   m.requests.fetch_add(1, std::memory_order_relaxed);
-  const CURLcode rc = curl_easy_perform(e);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, nullptr);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, nullptr);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, nullptr);
+  const CURLcode rc = remote::curl_api().easy_perform(e);
+  remote::curl_api().easy_setopt(e, CURLOPT_ERRORBUFFER, nullptr);
+  remote::curl_api().easy_setopt(e, CURLOPT_HEADERDATA, nullptr);
+  remote::curl_api().easy_setopt(e, CURLOPT_WRITEDATA, nullptr);
   bytes_fetched_.fetch_add(t.got, std::memory_order_relaxed);
 
   Reply r;
@@ -464,7 +456,7 @@ Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t>
   r.etag = t.etag;
   const std::string where = m.display;
   if (rc != CURLE_OK && !(t.complete && rc == CURLE_WRITE_ERROR)) {
-    const std::string detail = errbuf[0] ? first_line(errbuf) : curl_easy_strerror(rc);
+    const std::string detail = errbuf[0] ? first_line(errbuf) : remote::curl_api().easy_strerror(rc);
     switch (rc) {
       case CURLE_PEER_FAILED_VERIFICATION:
       case CURLE_SSL_CACERT_BADFILE:
