@@ -17,6 +17,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,16 @@ struct RemoteOptions {
   std::size_t coalesce_bytes = 4 << 20;      // neighbouring chunks are read in ranges up to this size
   // Where one-line notices go (a mirror marked bad, a server ignoring Range); stderr when empty.
   std::function<void(const std::string &)> log;
+  // Requests signed with AWS Signature V4 (s3:// locations; s3_source.hpp fills it).
+  struct AwsSigV4 {
+    std::string region, service = "s3";
+    std::string access_key, secret_key, session_token;  // never in a message
+  };
+  std::optional<AwsSigV4> aws;
+  // How messages and stats name the package, instead of the redacted URL ("s3://bucket/key").
+  std::string display_name;
+  // s3:// locations: overrides of AWS_ENDPOINT_URL(_S3) and AWS_REGION (s3_source.hpp).
+  std::string s3_endpoint, s3_region;
 };
 
 // True for http:// and https:// locations (case-insensitive).

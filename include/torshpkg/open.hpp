@@ -26,6 +26,9 @@ struct OpenOptions {
   std::shared_ptr<ChunkStore> store;
 };
 
+// True for locations a network backend serves (http, https, s3): they take RemoteOptions and the
+// disk chunk cache.
+[[nodiscard]] bool is_remote_location(std::string_view location) noexcept;
 // The source for a location: a path, or a URL of a scheme a backend serves (UsageError naming the
 // scheme otherwise).
 [[nodiscard]] std::shared_ptr<const ChunkSource> open_source(const std::string &location,

@@ -49,7 +49,7 @@ void add_trust_options(CLI::App *cmd, TrustArgs &args);
 struct RemoteArgs {
   std::vector<std::string> mirrors;
   unsigned timeout = 30, retries = 3;
-  std::string cacert, cache_dir;
+  std::string cacert, cache_dir, s3_endpoint, s3_region;
   bool insecure = false;
 };
 void add_remote_options(CLI::App *cmd, RemoteArgs &args);

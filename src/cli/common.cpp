@@ -63,7 +63,7 @@ void add_trust_options(CLI::App *cmd, TrustArgs &args) {
 }
 
 void add_remote_options(CLI::App *cmd, RemoteArgs &args) {
-  auto *g = "Remote packages (http://, https://)";
+  auto *g = "Remote packages (http://, https://, s3://)";
   cmd->add_option("--mirror", args.mirrors, "Another URL of the same package, tried in order on failure (repeatable)")
       ->allow_extra_args(false)
       ->group(g);
@@ -79,17 +79,23 @@ void add_remote_options(CLI::App *cmd, RemoteArgs &args) {
                   fmt::format("Shared disk chunk cache (default $TORSHPKG_CACHE_DIR or {}; none: off)",
                               kDefaultChunkStoreDir))
       ->group(g);
+  cmd->add_option("--s3-endpoint", args.s3_endpoint, "s3://: an S3-compatible store (default $AWS_ENDPOINT_URL, else AWS)")
+      ->group(g);
+  cmd->add_option("--s3-region", args.s3_region, "s3://: the region to sign for (default $AWS_REGION, else us-east-1)")
+      ->group(g);
 }
 
 OpenOptions open_options(const std::string &location, const RemoteArgs &args) {
   OpenOptions o;
-  if (!is_http_url(location)) return o;
+  if (!is_remote_location(location)) return o;
   o.remote.mirrors = args.mirrors;
   for (auto &m : mirrors_from_file(location, kDefaultMirrorsFile)) o.remote.mirrors.push_back(std::move(m));
   o.remote.timeout = std::chrono::seconds(args.timeout);
   o.remote.retries = args.retries;
   o.remote.cacert = args.cacert;
   o.remote.insecure = args.insecure;
+  o.remote.s3_endpoint = args.s3_endpoint;
+  o.remote.s3_region = args.s3_region;
   if (args.insecure) fmt::print(stderr, "torshpkg: warning: --insecure: TLS certificates are NOT verified\n");
   std::string dir = args.cache_dir;
   if (dir.empty()) {

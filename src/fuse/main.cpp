@@ -46,13 +46,15 @@ OpenOptions open_options(const Options &opts, const std::shared_ptr<Notices> &no
   o.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify;
   o.any_container = true;
   o.allow_unsigned = opts.allow_unsigned;
-  if (!is_http_url(opts.package)) return o;
+  if (!is_remote_location(opts.package)) return o;
   o.remote.mirrors = opts.mirrors;
   for (auto &m : mirrors_from_file(opts.package, opts.mirrors_file)) o.remote.mirrors.push_back(std::move(m));
   o.remote.timeout = std::chrono::seconds(opts.timeout_seconds);
   o.remote.retries = opts.retries;
   o.remote.cacert = opts.cacert;
   o.remote.insecure = opts.insecure;
+  o.remote.s3_endpoint = opts.s3_endpoint;
+  o.remote.s3_region = opts.s3_region;
   o.remote.log = [notices](const std::string &msg) { (*notices)(msg); };
   if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
   if (opts.cache_dir != "none") {

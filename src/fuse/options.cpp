@@ -32,7 +32,7 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
                   default /etc/torshpkg/trusted.d)
   -o pubkey=FILE  trust this public key (repeatable)
   -o allow_unsigned  mount a package that no trusted key signed
-Remote packages (PACKAGE is an http:// or https:// URL):
+Remote packages (PACKAGE is an http:// or https:// URL, or s3://BUCKET/KEY):
   -o mirror=URL   another URL of the same package, tried in order on failure (repeatable)
   -o mirrors_file=FILE  URL-prefix mirror list (default /etc/torshpkg/mirrors.conf)
   -o timeout=SEC  per-request timeout (default 30)
@@ -43,6 +43,9 @@ Remote packages (PACKAGE is an http:// or https:// URL):
   -o cache_dir_size=S  its bound, least recently used chunks go first (default 16G)
   -o prefetch=all|manifest|none  fetch in the background every file, every file
                   but the weights (default), or nothing until read
+S3 (PACKAGE is s3://BUCKET/KEY; credentials as the AWS tools read them):
+  -o s3_endpoint=URL  an S3-compatible store (default $AWS_ENDPOINT_URL, else AWS)
+  -o s3_region=NAME   the region to sign for (default $AWS_REGION, else us-east-1)
   -o allow_other, allow_root, fsname=NAME, subtype=NAME
   -h, --help      this help
   -V, --version   version
@@ -127,6 +130,9 @@ void apply_option_list(Options &o, std::string_view list) {
     } else if (key == "mirrors_file" || key == "cacert" || key == "cache_dir") {
       if (value.empty()) throw UsageError(fmt::format("{}= needs a path", key));
       (key == "mirrors_file" ? o.mirrors_file : key == "cacert" ? o.cacert : o.cache_dir) = value;
+    } else if (key == "s3_endpoint" || key == "s3_region") {
+      if (value.empty()) throw UsageError(fmt::format("{}= needs a value", key));
+      (key == "s3_endpoint" ? o.s3_endpoint : o.s3_region) = value;
     } else if (key == "timeout") {
       o.timeout_seconds = parse_uint("timeout", value, 10);
       if (o.timeout_seconds < 1 || o.timeout_seconds > 3600) throw UsageError("timeout must be from 1 to 3600 seconds");

@@ -36,6 +36,7 @@ struct Options {
   std::string cache_dir = "/var/cache/torshpkg";     // "none": no disk chunk cache
   std::uint64_t cache_dir_bytes = 16ull << 30;
   enum class Prefetch { kNone, kManifest, kAll } prefetch = Prefetch::kManifest;
+  std::string s3_endpoint, s3_region;                // s3://: overrides of AWS_ENDPOINT_URL, AWS_REGION
 };
 
 // Throws UsageError with a message naming the bad argument.

@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "torshpkg/errors.hpp"
+#include "torshpkg/s3_source.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/zip_package.hpp"
 
@@ -40,6 +41,7 @@ const Backend kBackends[] = {
      }},
     {"http", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
     {"https", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
+    {"s3", [](const std::string &loc, const OpenOptions &o) { return open_s3(loc, o.remote); }},
 };
 
 struct Container {
@@ -55,6 +57,11 @@ const Container kContainers[] = {
 };
 
 }  // namespace
+
+bool is_remote_location(std::string_view location) noexcept {
+  const auto scheme = scheme_of(location);
+  return !scheme.empty() && !same_scheme(scheme, "file");
+}
 
 std::shared_ptr<const ChunkSource> open_source(const std::string &location, const OpenOptions &opts) {
   const auto scheme = scheme_of(location);

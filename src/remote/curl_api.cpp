@@ -35,6 +35,8 @@ CurlApi load() {
   bind(lib, api.share_init, "curl_share_init");
   bind(lib, api.share_setopt, "curl_share_setopt");
   bind(lib, api.share_cleanup, "curl_share_cleanup");
+  bind(lib, api.slist_append, "curl_slist_append");
+  bind(lib, api.slist_free_all, "curl_slist_free_all");
   // curl_global_init is not thread-safe: here, once, before the first handle.
   if (api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) throw InternalError("curl_global_init failed");
   return api;

@@ -16,6 +16,8 @@ struct CurlApi {
   CURLSH *(*share_init)();
   CURLSHcode (*share_setopt)(CURLSH *sh, CURLSHoption option, ...);
   CURLSHcode (*share_cleanup)(CURLSH *sh);
+  curl_slist *(*slist_append)(curl_slist *list, const char *line);
+  void (*slist_free_all)(curl_slist *list);
 };
 
 // Loads libcurl.so.4 and curl_global_init()s it, once per process. Throws UsageError when it is not

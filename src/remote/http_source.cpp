@@ -137,6 +137,7 @@ struct Transfer {
   std::uint64_t got = 0;
   bool complete = false;  // all wanted bytes are in (the transfer may be cut short after that)
   std::uint64_t error_body = 0;
+  std::string error_text;  // the start of an error page: S3 says why in <Code>...</Code>
 };
 
 std::size_t on_header(char *data, std::size_t size, std::size_t n, void *user) {
@@ -184,6 +185,7 @@ std::size_t on_body(char *data, std::size_t size, std::size_t n, void *user) {
   auto &t = *static_cast<Transfer *>(user);
   const std::size_t len = size * n;
   if (t.status != 200 && t.status != 206) {
+    if (t.error_text.size() < 4096) t.error_text.append(data, std::min<std::size_t>(len, 4096 - t.error_text.size()));
     t.error_body += len;  // an error page: read a little of it (keeps the connection), no more
     return t.error_body > (64u << 10) ? 0 : len;
   }
@@ -309,6 +311,11 @@ class HttpSource final : public ChunkSource {
 
   RemoteOptions opts_;
   std::string name_;
+  std::string aws_param_, aws_userpwd_;  // for CURLOPT_AWS_SIGV4 and CURLOPT_USERPWD
+  struct SlistFree {
+    void operator()(curl_slist *l) const noexcept { remote::curl_api().slist_free_all(l); }
+  };
+  std::unique_ptr<curl_slist, SlistFree> headers_;  // extra request headers, shared by every handle
   Share share_;
   mutable std::mutex mu_;  // mirror states, the handle pool, the recent reads
   mutable std::vector<Easy> idle_;  // after share_: cleaned up before it, also when the constructor throws
@@ -332,7 +339,21 @@ class HttpSource final : public ChunkSource {
   std::atomic<bool> opened_{false};  // the tail is in
 };
 
-HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts) : opts_(opts), name_(redact_url(url)) {
+HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts)
+    : opts_(opts), name_(opts.display_name.empty() ? redact_url(url) : opts.display_name) {
+  if (opts_.aws) {
+    // libcurl signs every request; UNSIGNED-PAYLOAD: a GET has no body, and S3 wants the header.
+    aws_param_ = fmt::format("aws:amz:{}:{}", opts_.aws->region, opts_.aws->service);
+    aws_userpwd_ = opts_.aws->access_key + ":" + opts_.aws->secret_key;
+    std::vector<std::string> lines = {"x-amz-content-sha256: UNSIGNED-PAYLOAD"};
+    if (!opts_.aws->session_token.empty()) lines.push_back("x-amz-security-token: " + opts_.aws->session_token);
+    for (const auto &l : lines) {
+      curl_slist *next = remote::curl_api().slist_append(headers_.get(), l.c_str());
+      if (!next) throw InternalError("curl_slist_append failed");
+      headers_.release();
+      headers_.reset(next);
+    }
+  }
   mirrors_.push_back(std::make_unique<Mirror>());
   mirrors_.back()->url = url;
   mirrors_.back()->display = name_;
@@ -411,6 +432,11 @@ CURL *HttpSource::take_handle() const {
   remote::curl_api().easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
   remote::curl_api().easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
   remote::curl_api().easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
+  if (opts_.aws) {
+    remote::curl_api().easy_setopt(e, CURLOPT_AWS_SIGV4, aws_param_.c_str());
+    remote::curl_api().easy_setopt(e, CURLOPT_USERPWD, aws_userpwd_.c_str());
+    remote::curl_api().easy_setopt(e, CURLOPT_HTTPHEADER, headers_.get());
+  }
   if (!opts_.cacert.empty()) remote::curl_api().easy_setopt(e, CURLOPT_CAINFO, opts_.cacert.c_str());
   if (opts_.insecure) {
     remote::curl_api().easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -495,6 +521,14 @@ Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t>
   }
   r.outcome = Outcome::kMirrorBad;
   r.error = fmt::format("HTTP {}", t.status);
+  // S3 and S3-compatible stores name the reason (SignatureDoesNotMatch, NoSuchBucket, ...).
+  std::string code;
+  if (const auto b = t.error_text.find("<Code>"), e = t.error_text.find("</Code>");
+      b != std::string::npos && e != std::string::npos && e > b + 6 && e - b - 6 <= 64) {
+    code = t.error_text.substr(b + 6, e - b - 6);
+    if (!std::all_of(code.begin(), code.end(), [](unsigned char c) { return std::isalnum(c) || c == '.'; }))
+      code.clear();
+  }
   if (t.status == 404 || t.status == 410) {
     r.err = ENOENT;
     r.error += " Not Found";
@@ -508,6 +542,7 @@ Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t>
     r.outcome = Outcome::kRetry;
     r.retry_after = t.retry_after.empty() ? std::chrono::milliseconds(0) : parse_retry_after(t.retry_after);
   }
+  if (!code.empty()) r.error += fmt::format(" ({})", code);
   return r;
 }
 

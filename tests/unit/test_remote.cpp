@@ -19,6 +19,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/http_source.hpp"
 #include "torshpkg/open.hpp"
+#include "torshpkg/s3_source.hpp"
 
 using namespace torshpkg;
 
@@ -196,4 +197,30 @@ TEST_CASE("open_package takes http URLs") {
   OpenOptions opts;
   opts.remote = quiet();
   CHECK_THROWS_AS((void)open_package(server.url("nothing.tpkg"), opts), IoError);
+}
+
+TEST_CASE("s3:// locations, object URLs and AWS ini files") {
+  const auto l = parse_s3_location("s3://my-bucket.v2/models/llama 3/v1.tpkg");
+  CHECK(l.bucket == "my-bucket.v2");
+  CHECK(l.key == "models/llama 3/v1.tpkg");
+  CHECK(s3_object_url(l, "", "eu-west-1") == "https://my-bucket.v2.s3.eu-west-1.amazonaws.com/models/llama%203/v1.tpkg");
+  CHECK(s3_object_url(l, "http://127.0.0.1:9000/", "us-east-1") ==
+        "http://127.0.0.1:9000/my-bucket.v2/models/llama%203/v1.tpkg");
+  CHECK_THROWS_AS((void)parse_s3_location("s3://bucket"), UsageError);
+  CHECK_THROWS_AS((void)parse_s3_location("s3://bucket/"), UsageError);
+  CHECK_THROWS_AS((void)parse_s3_location("s3://Bad_Bucket/k"), UsageError);
+  CHECK_THROWS_AS((void)parse_s3_location("s3://ab/k"), UsageError);
+  CHECK_THROWS_AS((void)s3_object_url(l, "ftp://x", "r"), UsageError);
+  th::TempDir dir;
+  const auto path = (dir / "credentials").string();
+  std::ofstream(path) << "# c\n[default]\naws_access_key_id = AK\naws_secret_access_key=SK \n\n[profile other]\nregion = r2\n";
+  auto ini = read_aws_ini(path);
+  CHECK(ini["default"]["aws_access_key_id"] == "AK");
+  CHECK(ini["default"]["aws_secret_access_key"] == "SK");
+  CHECK(ini["other"]["region"] == "r2");
+  CHECK(read_aws_ini((dir / "missing").string()).empty());
+  CHECK(is_remote_location("s3://b/k"));
+  CHECK(is_remote_location("HTTPS://h/x"));
+  CHECK_FALSE(is_remote_location("file:///x"));
+  CHECK_FALSE(is_remote_location("/a/b"));
 }
