@@ -47,7 +47,35 @@ struct RemoteOptions {
   std::string display_name;
   // s3:// locations: overrides of AWS_ENDPOINT_URL(_S3) and AWS_REGION (s3_source.hpp).
   std::string s3_endpoint, s3_region;
+  // Sent with every request ("Authorization: Bearer ..." for a registry); never in a message.
+  std::vector<std::string> headers;
+  // Called on a 401 to a request that carried credentials: returns a new "Authorization: ..." line
+  // (a registry's bearer token expired), or throws. Unset: a 401 is final.
+  std::function<std::string()> reauthorize;
 };
+
+// One small GET (a registry manifest, a token): the whole body, at most `max_body` bytes, and the
+// headers a caller needs. TLS, timeouts and headers as `opts` says; no retries. Throws IoError for
+// network and TLS failures, FormatError for a body larger than max_body.
+struct HttpReply {
+  long status = 0;
+  std::string body, content_type, www_authenticate, location, content_digest;  // Location, Docker-Content-Digest
+};
+[[nodiscard]] HttpReply http_get(const std::string &url, const std::vector<std::string> &headers,
+                                 const RemoteOptions &opts, std::size_t max_body = 4 << 20);
+// Any method; the request body is `body`, or when `body_fd` >= 0, `body_size` bytes read from it
+// (an upload; `progress`, if set, is told the bytes sent so far). No retries.
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::string> headers;
+  std::string body;
+  int body_fd = -1;
+  std::uint64_t body_size = 0;
+  std::function<void(std::uint64_t sent)> progress;
+  std::size_t max_body = 4 << 20;
+};
+[[nodiscard]] HttpReply http_request(const HttpRequest &req, const RemoteOptions &opts);
 
 // True for http:// and https:// locations (case-insensitive).
 [[nodiscard]] bool is_http_url(std::string_view location) noexcept;

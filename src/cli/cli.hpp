@@ -28,6 +28,9 @@ void add_keygen(CLI::App &app, Action &action);
 void add_sign(CLI::App &app, Action &action);
 void add_export(CLI::App &app, Action &action);
 void add_import(CLI::App &app, Action &action);
+void add_push(CLI::App &app, Action &action);
+void add_pull(CLI::App &app, Action &action);
+void add_tags(CLI::App &app, Action &action);
 void add_cache(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.

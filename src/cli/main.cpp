@@ -22,6 +22,9 @@ static int run(int argc, char **argv) {
   add_verify(app, action);
   add_keygen(app, action);
   add_sign(app, action);
+  add_push(app, action);
+  add_pull(app, action);
+  add_tags(app, action);
   add_cache(app, action);
 #if TORSHPKG_WITH_ZIPIO  // meson -Dzip=disabled: no libzip, no import/export
   add_import(app, action);

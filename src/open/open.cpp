@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "torshpkg/errors.hpp"
+#include "torshpkg/oci_source.hpp"
 #include "torshpkg/s3_source.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/zip_package.hpp"
@@ -42,6 +43,8 @@ const Backend kBackends[] = {
     {"http", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
     {"https", [](const std::string &loc, const OpenOptions &o) { return open_http(loc, o.remote); }},
     {"s3", [](const std::string &loc, const OpenOptions &o) { return open_s3(loc, o.remote); }},
+    {"oci", [](const std::string &loc, const OpenOptions &o) { return open_oci(loc, o.remote); }},
+    {"oci+http", [](const std::string &loc, const OpenOptions &o) { return open_oci(loc, o.remote); }},
 };
 
 struct Container {

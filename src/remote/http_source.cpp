@@ -275,6 +275,42 @@ std::string json_string(std::string_view s) {
   return out + '"';
 }
 
+struct SlistFree {
+  void operator()(curl_slist *l) const noexcept { remote::curl_api().slist_free_all(l); }
+};
+using HeaderList = std::unique_ptr<curl_slist, SlistFree>;
+
+curl_slist *make_header_list(const std::vector<std::string> &lines) {
+  HeaderList list;
+  for (const auto &l : lines) {
+    curl_slist *next = remote::curl_api().slist_append(list.get(), l.c_str());
+    if (!next) throw InternalError("curl_slist_append failed");
+    (void)list.release();
+    list.reset(next);
+  }
+  return list.release();
+}
+
+// What every handle of ours does: threads, protocols, redirects, timeouts, TLS.
+void set_common_options(CURL *e, const RemoteOptions &opts) {
+  const auto &c = remote::curl_api();
+  c.easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for DNS timeouts
+  c.easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+  c.easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  c.easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+  c.easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  c.easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  c.easy_setopt(e, CURLOPT_USERAGENT, fmt::format("torshpkg/{}", kVersion).c_str());  // curl copies it
+  c.easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  c.easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts.timeout.count()));
+  c.easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(opts.timeout.count()));
+  if (!opts.cacert.empty()) c.easy_setopt(e, CURLOPT_CAINFO, opts.cacert.c_str());
+  if (opts.insecure) {
+    c.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    c.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+}
+
 class HttpSource final : public ChunkSource {
  public:
   HttpSource(const std::string &url, const RemoteOptions &opts);
@@ -312,10 +348,17 @@ class HttpSource final : public ChunkSource {
   RemoteOptions opts_;
   std::string name_;
   std::string aws_param_, aws_userpwd_;  // for CURLOPT_AWS_SIGV4 and CURLOPT_USERPWD
-  struct SlistFree {
-    void operator()(curl_slist *l) const noexcept { remote::curl_api().slist_free_all(l); }
-  };
-  std::unique_ptr<curl_slist, SlistFree> headers_;  // extra request headers, shared by every handle
+  // Extra request headers, shared by every request; replaced (under mu_) when a 401 gets a new token,
+  // while requests in flight keep the list they started with.
+  mutable std::vector<std::string> header_lines_;
+  mutable std::shared_ptr<curl_slist> headers_;
+  mutable unsigned auth_generation_ = 0;
+  mutable std::mutex reauth_mu_;  // one token request at a time
+  // A 401: new credentials from RemoteOptions::reauthorize, unless another thread got them since
+  // `generation`. False when there is no way to get any.
+  bool reauthorize(unsigned generation) const;
+  Reply request_once(Mirror &m, const Range &range, std::span<std::uint8_t> out, std::vector<std::uint8_t> *tail,
+                     curl_slist *headers) const;
   Share share_;
   mutable std::mutex mu_;  // mirror states, the handle pool, the recent reads
   mutable std::vector<Easy> idle_;  // after share_: cleaned up before it, also when the constructor throws
@@ -341,19 +384,16 @@ class HttpSource final : public ChunkSource {
 
 HttpSource::HttpSource(const std::string &url, const RemoteOptions &opts)
     : opts_(opts), name_(opts.display_name.empty() ? redact_url(url) : opts.display_name) {
+  std::vector<std::string> lines = opts_.headers;
   if (opts_.aws) {
     // libcurl signs every request; UNSIGNED-PAYLOAD: a GET has no body, and S3 wants the header.
     aws_param_ = fmt::format("aws:amz:{}:{}", opts_.aws->region, opts_.aws->service);
     aws_userpwd_ = opts_.aws->access_key + ":" + opts_.aws->secret_key;
-    std::vector<std::string> lines = {"x-amz-content-sha256: UNSIGNED-PAYLOAD"};
+    lines.push_back("x-amz-content-sha256: UNSIGNED-PAYLOAD");
     if (!opts_.aws->session_token.empty()) lines.push_back("x-amz-security-token: " + opts_.aws->session_token);
-    for (const auto &l : lines) {
-      curl_slist *next = remote::curl_api().slist_append(headers_.get(), l.c_str());
-      if (!next) throw InternalError("curl_slist_append failed");
-      headers_.release();
-      headers_.reset(next);
-    }
   }
+  header_lines_ = lines;
+  headers_ = std::shared_ptr<curl_slist>(make_header_list(lines), SlistFree{});
   mirrors_.push_back(std::make_unique<Mirror>());
   mirrors_.back()->url = url;
   mirrors_.back()->display = name_;
@@ -420,27 +460,12 @@ CURL *HttpSource::take_handle() const {
   if (!h) throw InternalError("curl_easy_init failed");
   CURL *e = h.get();
   remote::curl_api().easy_setopt(e, CURLOPT_SHARE, share_.get());
-  remote::curl_api().easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for DNS timeouts
-  remote::curl_api().easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-  remote::curl_api().easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-  remote::curl_api().easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
-  remote::curl_api().easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  remote::curl_api().easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  remote::curl_api().easy_setopt(e, CURLOPT_USERAGENT, fmt::format("torshpkg/{}", kVersion).c_str());
-  remote::curl_api().easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  remote::curl_api().easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
-  remote::curl_api().easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(opts_.timeout.count()));
+  set_common_options(e, opts_);
   remote::curl_api().easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
   remote::curl_api().easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
   if (opts_.aws) {
     remote::curl_api().easy_setopt(e, CURLOPT_AWS_SIGV4, aws_param_.c_str());
     remote::curl_api().easy_setopt(e, CURLOPT_USERPWD, aws_userpwd_.c_str());
-    remote::curl_api().easy_setopt(e, CURLOPT_HTTPHEADER, headers_.get());
-  }
-  if (!opts_.cacert.empty()) remote::curl_api().easy_setopt(e, CURLOPT_CAINFO, opts_.cacert.c_str());
-  if (opts_.insecure) {
-    remote::curl_api().easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-    remote::curl_api().easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
   return h.release();
 }
@@ -454,10 +479,50 @@ void HttpSource::give_back(CURL *h) const noexcept {
   }
 }
 
+bool HttpSource::reauthorize(unsigned generation) const {
+  if (!opts_.reauthorize) return false;
+  std::lock_guard one(reauth_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (auth_generation_ != generation) return true;  // someone else did, meanwhile
+  }
+  std::string line;
+  try {
+    line = opts_.reauthorize();
+  } catch (const std::exception &e) {
+    log(fmt::format("{}: new credentials refused: {}", name_, e.what()));
+    return false;
+  }
+  std::lock_guard lock(mu_);
+  std::erase_if(header_lines_, [](const std::string &l) { return iequals_prefix(l, "authorization:"); });
+  header_lines_.push_back(line);
+  headers_ = std::shared_ptr<curl_slist>(make_header_list(header_lines_), SlistFree{});
+  ++auth_generation_;
+  return true;
+}
+
 Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t> out,
                           std::vector<std::uint8_t> *tail) const {
+  // A 401 on a session that had credentials: they expired (registry tokens last minutes), so new
+  // ones, and the request once more.
+  for (int attempt = 0;; ++attempt) {
+    std::shared_ptr<curl_slist> headers;
+    unsigned generation = 0;
+    {
+      std::lock_guard lock(mu_);
+      headers = headers_;
+      generation = auth_generation_;
+    }
+    Reply r = request_once(m, range, out, tail, headers.get());
+    if (r.status != 401 || attempt > 0 || !reauthorize(generation)) return r;
+  }
+}
+
+Reply HttpSource::request_once(Mirror &m, const Range &range, std::span<std::uint8_t> out,
+                               std::vector<std::uint8_t> *tail, curl_slist *headers) const {
   Lease lease{this, take_handle()};
   CURL *e = lease.h;
+  remote::curl_api().easy_setopt(e, CURLOPT_HTTPHEADER, headers);
   Transfer t;
   t.range = range;
   t.out = out;
@@ -473,6 +538,7 @@ Reply HttpSource::request(Mirror &m, const Range &range, std::span<std::uint8_t>
   m.requests.fetch_add(1, std::memory_order_relaxed);
   const CURLcode rc = remote::curl_api().easy_perform(e);
   remote::curl_api().easy_setopt(e, CURLOPT_ERRORBUFFER, nullptr);
+  remote::curl_api().easy_setopt(e, CURLOPT_HTTPHEADER, nullptr);  // the list may go before the handle
   remote::curl_api().easy_setopt(e, CURLOPT_HEADERDATA, nullptr);
   remote::curl_api().easy_setopt(e, CURLOPT_WRITEDATA, nullptr);
   bytes_fetched_.fetch_add(t.got, std::memory_order_relaxed);
@@ -740,6 +806,118 @@ std::string HttpSource::stats_json() const {
 }
 
 }  // namespace
+
+namespace {
+struct SmallRequest {
+  const HttpRequest *req;
+  bool too_big = false;
+  HttpReply reply;
+  std::size_t body_sent = 0;       // of req->body
+  std::uint64_t file_sent = 0;     // of the file
+  int file_error = 0;
+};
+std::size_t small_header(char *data, std::size_t size, std::size_t n, void *user) {
+  auto &g = *static_cast<SmallRequest *>(user);
+  const std::string_view line(data, size * n);
+  if (line.starts_with("HTTP/")) {
+    g.reply = HttpReply{};
+    const auto sp = line.find(' ');
+    if (sp != std::string_view::npos)
+      if (auto v = parse_u64(trim(line.substr(sp + 1, 4)))) g.reply.status = static_cast<long>(*v);
+    return size * n;
+  }
+  const auto colon = line.find(':');
+  if (colon == std::string_view::npos) return size * n;
+  const auto name = line.substr(0, colon);
+  const auto value = std::string(trim(line.substr(colon + 1)));
+  auto is = [&](std::string_view h) { return name.size() == h.size() && iequals_prefix(name, h); };
+  if (is("www-authenticate")) g.reply.www_authenticate = value;
+  if (is("content-type")) g.reply.content_type = value;
+  if (is("location")) g.reply.location = value;
+  if (is("docker-content-digest")) g.reply.content_digest = value;
+  return size * n;
+}
+std::size_t small_body(char *data, std::size_t size, std::size_t n, void *user) {
+  auto &g = *static_cast<SmallRequest *>(user);
+  if (g.reply.body.size() + size * n > g.req->max_body) {
+    g.too_big = true;
+    return 0;
+  }
+  g.reply.body.append(data, size * n);
+  return size * n;
+}
+std::size_t small_upload(char *buf, std::size_t size, std::size_t n, void *user) {
+  auto &g = *static_cast<SmallRequest *>(user);
+  const std::size_t room = size * n;
+  if (g.req->body_fd < 0) {
+    const std::size_t k = std::min(room, g.req->body.size() - g.body_sent);
+    std::memcpy(buf, g.req->body.data() + g.body_sent, k);
+    g.body_sent += k;
+    return k;
+  }
+  const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(room, g.req->body_size - g.file_sent));
+  if (want == 0) return 0;
+  const auto got = ::pread(g.req->body_fd, buf, want, static_cast<off_t>(g.file_sent));
+  if (got <= 0) {
+    g.file_error = got < 0 ? errno : EIO;  // a file that shrank while it was sent
+    return CURL_READFUNC_ABORT;
+  }
+  g.file_sent += static_cast<std::uint64_t>(got);
+  if (g.req->progress) g.req->progress(g.file_sent);
+  return static_cast<std::size_t>(got);
+}
+}  // namespace
+
+HttpReply http_request(const HttpRequest &req, const RemoteOptions &opts) {
+  const auto &c = remote::curl_api();
+  Easy h(c.easy_init());
+  if (!h) throw InternalError("curl_easy_init failed");
+  CURL *e = h.get();
+  set_common_options(e, opts);
+  const bool upload = req.body_fd >= 0 || !req.body.empty();
+  if (upload) c.easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);  // an upload takes as long as it takes; stalls below
+  c.easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  c.easy_setopt(e, CURLOPT_LOW_SPEED_TIME, static_cast<long>(std::max<std::int64_t>(1, opts.timeout.count() / 1000)));
+  HeaderList list(make_header_list(req.headers));
+  SmallRequest g{&req, false, {}, 0, 0, 0};
+  char errbuf[CURL_ERROR_SIZE] = {};
+  c.easy_setopt(e, CURLOPT_URL, req.url.c_str());
+  if (req.method == "HEAD")
+    c.easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (req.method == "PUT" || req.method == "POST") {
+    c.easy_setopt(e, CURLOPT_UPLOAD, 1L);  // PUT
+    c.easy_setopt(e, CURLOPT_READFUNCTION, &small_upload);
+    c.easy_setopt(e, CURLOPT_READDATA, &g);
+    c.easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                  static_cast<curl_off_t>(req.body_fd >= 0 ? req.body_size : req.body.size()));
+    if (req.method == "POST") c.easy_setopt(e, CURLOPT_CUSTOMREQUEST, "POST");
+  } else if (req.method != "GET") {
+    c.easy_setopt(e, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+  }
+  if (list) c.easy_setopt(e, CURLOPT_HTTPHEADER, list.get());
+  c.easy_setopt(e, CURLOPT_HEADERFUNCTION, &small_header);
+  c.easy_setopt(e, CURLOPT_HEADERDATA, &g);
+  c.easy_setopt(e, CURLOPT_WRITEFUNCTION, &small_body);
+  c.easy_setopt(e, CURLOPT_WRITEDATA, &g);
+  c.easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+  const CURLcode rc = c.easy_perform(e);
+  if (g.too_big) throw FormatError(fmt::format("{}: reply larger than {} bytes", redact_url(req.url), req.max_body));
+  if (g.file_error) throw IoError(fmt::format("{}: reading the upload failed", redact_url(req.url)), g.file_error);
+  if (rc != CURLE_OK) {
+    const std::string detail = errbuf[0] ? first_line(errbuf) : c.easy_strerror(rc);
+    throw IoError(fmt::format("{}: {}", redact_url(req.url), detail), rc == CURLE_OPERATION_TIMEDOUT ? ETIMEDOUT : EIO);
+  }
+  return g.reply;
+}
+
+HttpReply http_get(const std::string &url, const std::vector<std::string> &headers, const RemoteOptions &opts,
+                   std::size_t max_body) {
+  HttpRequest req;
+  req.url = url;
+  req.headers = headers;
+  req.max_body = max_body;
+  return http_request(req, opts);
+}
 
 bool is_http_url(std::string_view location) noexcept {
   return iequals_prefix(location, "http://") || iequals_prefix(location, "https://");

@@ -19,6 +19,7 @@
 #include "torshpkg/errors.hpp"
 #include "torshpkg/http_source.hpp"
 #include "torshpkg/open.hpp"
+#include "torshpkg/oci_source.hpp"
 #include "torshpkg/s3_source.hpp"
 
 using namespace torshpkg;
@@ -223,4 +224,30 @@ TEST_CASE("s3:// locations, object URLs and AWS ini files") {
   CHECK(is_remote_location("HTTPS://h/x"));
   CHECK_FALSE(is_remote_location("file:///x"));
   CHECK_FALSE(is_remote_location("/a/b"));
+}
+
+TEST_CASE("oci:// references and registry credentials") {
+  auto r = parse_oci_reference("oci://registry.example:5000/org/model:1.2.0");
+  CHECK(r.registry == "registry.example:5000");
+  CHECK(r.repository == "org/model");
+  CHECK(r.reference == "1.2.0");
+  CHECK(r.base_url() == "https://registry.example:5000");
+  r = parse_oci_reference("oci+http://127.0.0.1:5000/m");
+  CHECK(r.reference == "latest");
+  CHECK(r.base_url() == "http://127.0.0.1:5000");
+  const std::string digest = "sha256:" + std::string(64, 'a');
+  CHECK(parse_oci_reference("oci://h/org/m@" + digest).reference == digest);
+  CHECK_THROWS_AS((void)parse_oci_reference("oci://h/m@sha256:abc"), UsageError);
+  CHECK_THROWS_AS((void)parse_oci_reference("oci://h"), UsageError);
+  CHECK_THROWS_AS((void)parse_oci_reference("oci://h/Upper:tag"), UsageError);
+  th::TempDir dir;
+  const auto auth = (dir / "auth.json").string();
+  // base64("alice:s3cret:with:colons") and a username/password entry
+  std::ofstream(auth) << R"({"auths": {"r1:5000": {"auth": "YWxpY2U6czNjcmV0OndpdGg6Y29sb25z"},
+                                       "https://r2": {"username": "bob", "password": "pw"}}})";
+  ::setenv("REGISTRY_AUTH_FILE", auth.c_str(), 1);
+  CHECK(registry_credentials("r1:5000") == std::optional<std::string>("alice:s3cret:with:colons"));
+  CHECK(registry_credentials("r2") == std::optional<std::string>("bob:pw"));
+  CHECK_FALSE(registry_credentials("r3").has_value());
+  ::unsetenv("REGISTRY_AUTH_FILE");
 }

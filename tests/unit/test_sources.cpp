@@ -256,7 +256,7 @@ TEST_CASE("open_source: a relative path containing \"://\" after a slash is a pa
 }
 
 TEST_CASE("open_source: schemes without a backend are UsageErrors naming the scheme") {
-  for (const std::string loc : {"ftp://x/y", "gs://b/k", "gopher://host/model.tpkg", "oci+http://r/x"}) {
+  for (const std::string loc : {"ftp://x/y", "gs://b/k", "gopher://host/model.tpkg", "ipfs://r/x"}) {
     CAPTURE(loc);
     const std::string scheme = loc.substr(0, loc.find("://"));
     try {
