@@ -38,10 +38,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import remote_servers as rms  # noqa: E402
 
 DOCKER_REGISTRY = os.environ.get("DOCKER_REGISTRY", shutil.which("docker-registry") or "/usr/bin/docker-registry")
 HTPASSWD = os.environ.get("HTPASSWD", shutil.which("htpasswd") or "/usr/bin/htpasswd")
@@ -55,10 +59,7 @@ EMPTY_BYTES = b"{}"
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_BYTES).hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = rms.free_port
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:
@@ -69,11 +70,7 @@ def port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+_die_with_parent = rms.die_with_parent
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
@@ -352,18 +349,7 @@ class Registry:
 
     def requests(self, since: int = 0, path_prefix: str | None = None) -> list[dict]:
         """Entries after `since` (URIs starting with path_prefix if given), once the log stops growing."""
-        prev, stable = -1, 0
-        deadline = time.monotonic() + 2
-        entries = self.entries()
-        while time.monotonic() < deadline:
-            n = len(entries)
-            stable = stable + 1 if n == prev else 0
-            if stable >= 2:
-                break
-            prev = n
-            time.sleep(0.1)
-            entries = self.entries()
-        return [e for e in entries[since:] if path_prefix is None or e["path"].startswith(path_prefix)]
+        return [e for e in rms.settled(self.entries)[since:] if path_prefix is None or e["path"].startswith(path_prefix)]
 
     def stop(self) -> None:
         p, self.proc = self.proc, None

@@ -47,6 +47,70 @@ def wait_accepting(port: int, timeout: float = 15, alive=lambda: True) -> bool:
     return False
 
 
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the process that started it dies (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def read_port_line(proc: subprocess.Popen, timeout: float = 15) -> int | None:
+    """The port a child prints as its first line on stdout (a pipe), or None when it exits or says
+    something else first; waits at most `timeout` seconds."""
+    line = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline and not line.endswith(b"\n"):
+        if proc.poll() is not None:
+            break
+        try:
+            chunk = proc.stdout.read(64)
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            line += chunk
+        else:
+            time.sleep(0.05)
+    return int(line.strip()) if line.strip().isdigit() else None
+
+
+def settled(entries) -> list:
+    """entries() once its length has stopped growing: servers log a request when it ends, and a
+    daemon may still have some in flight. Waits at most 2 s."""
+    prev, stable = -1, 0
+    deadline = time.monotonic() + 2
+    got = entries()
+    while time.monotonic() < deadline:
+        n = len(got)
+        stable = stable + 1 if n == prev else 0
+        if stable >= 2:
+            break
+        prev = n
+        time.sleep(0.1)
+        got = entries()
+    return got
+
+
+def run_mount(h, mount_exe: str, loc: str, mnt: str, opts, env: dict, timeout: float = 90):
+    """mount.torshpkg LOC MNT OPTS... with exactly `env`, registered for unmounting; returns (exit
+    code or None on timeout, everything it printed, as bytes)."""
+    os.makedirs(mnt, exist_ok=True)
+    h.mounts.append(mnt)
+    logp = os.path.join(h.tmp, f"mount-{len(h.mounts)}.log")
+    with open(logp, "w+b") as log:
+        p = subprocess.Popen([mount_exe, loc, mnt, *opts], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            rc = None
+        log.seek(0)
+        return rc, log.read()
+
+
 def _openssl(args, cwd=None):
     r = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
     if r.returncode != 0:
@@ -224,18 +288,7 @@ http {{
     def requests(self, since: int = 0, path: str | None = None) -> list[dict]:
         """Log entries after `since` (for `path` only if given). nginx writes a line when a
         request ends, so this waits (bounded) until the line count stops growing."""
-        prev, stable = -1, 0
-        deadline = time.monotonic() + 2
-        entries = self.entries()
-        while time.monotonic() < deadline:
-            n = len(entries)
-            stable = stable + 1 if n == prev else 0
-            if stable >= 2:
-                break
-            prev = n
-            time.sleep(0.1)
-            entries = self.entries()
-        e = entries[since:]
+        e = settled(self.entries)[since:]
         return [x for x in e if path is None or x["path"] == "/" + path.lstrip("/")]
 
     def stop(self) -> None:
@@ -274,24 +327,11 @@ class FaultProcess:
                                       "--config", json.dumps(params), "--exit-with-parent"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log)
         h.cleanups.append(self.stop)
-        line = b""
-        deadline = time.monotonic() + 15
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            if self.proc.poll() is not None:
-                break
-            try:
-                chunk = self.proc.stdout.read(64)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                line += chunk
-            else:
-                time.sleep(0.05)
-        if not line.strip().isdigit():
+        port = read_port_line(self.proc)
+        if port is None:
             self.stop()
-            raise RuntimeError(f"httpfault.py did not start (printed {line!r})")
-        self.port = int(line.strip())
+            raise RuntimeError("httpfault.py did not start (see its log)")
+        self.port = port
         if not wait_accepting(self.port, 10, lambda: self.proc.poll() is None):
             self.stop()
             raise RuntimeError("httpfault.py does not accept connections")

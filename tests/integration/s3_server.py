@@ -50,6 +50,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import remote_servers as rms  # noqa: E402
 S3RVER = os.environ.get("S3RVER", "/opt/torshpkg-test/node_modules/.bin/s3rver")
 # s3rver's built-in account (lib/models/account.js: DUMMY_ACCOUNT.createKeyPair('S3RVER', 'S3RVER'))
 S3RVER_KEY_ID = "S3RVER"
@@ -57,31 +59,11 @@ S3RVER_SECRET = "S3RVER"
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = rms.free_port
+wait_accepting = rms.wait_accepting
 
 
-def wait_accepting(port: int, timeout: float = 15, alive=lambda: True) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the process that started it dies (Linux prctl)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+_die_with_parent = rms.die_with_parent
 
 
 def _stop_process(p: subprocess.Popen | None, timeout: float = 10) -> None:
@@ -341,24 +323,11 @@ class S3Gateway:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
                                      preexec_fn=_die_with_parent)
         h.cleanups.append(self.stop)
-        line = b""
-        deadline = time.monotonic() + 15
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            if self.proc.poll() is not None:
-                break
-            try:
-                chunk = self.proc.stdout.read(64)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                line += chunk
-            else:
-                time.sleep(0.05)
-        if not line.strip().isdigit():
+        port = rms.read_port_line(self.proc)
+        if port is None:
             self.stop()
-            raise RuntimeError(f"the S3 gateway did not start (printed {line!r}): {self.errors()}")
-        self.port = int(line.strip())
+            raise RuntimeError(f"the S3 gateway did not start: {self.errors()}")
+        self.port = port
         if not wait_accepting(self.port, 10, self.alive):
             self.stop()
             raise RuntimeError("the S3 gateway does not accept connections")
@@ -399,18 +368,7 @@ class S3Gateway:
         """Log entries after `since` (only for BUCKET/KEY if given). The gateway writes a request's
         line before it answers; this still waits (bounded, 2 s) until the count stops growing, for
         requests a daemon may still have in flight."""
-        prev, stable = -1, 0
-        deadline = time.monotonic() + 2
-        entries = self.entries()
-        while time.monotonic() < deadline:
-            n = len(entries)
-            stable = stable + 1 if n == prev else 0
-            if stable >= 2:
-                break
-            prev = n
-            time.sleep(0.1)
-            entries = self.entries()
-        e = entries[since:]
+        e = rms.settled(self.entries)[since:]
         return [x for x in e if (key is None or x.get("key") == key) and (bucket is None or x.get("bucket") == bucket)]
 
     def stop(self) -> None:

@@ -84,20 +84,7 @@ def main():
             return r
 
         def mount(loc, mnt, *opts, env: dict | None = None, timeout=90):
-            os.makedirs(mnt, exist_ok=True)
-            h.mounts.append(mnt)
-            logp = os.path.join(T, f"mount-{len(h.mounts)}.log")
-            with open(logp, "w+b") as log:
-                p = subprocess.Popen([MOUNT, loc, mnt, *opts], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     env=full_env(env_of() if env is None else env))
-                try:
-                    rc = p.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                    rc = None
-                log.seek(0)
-                raw = log.read()
+            rc, raw = rms.run_mount(h, MOUNT, loc, mnt, opts, full_env(env_of() if env is None else env), timeout)
             captured.append((f"mount {mnt}", raw))
             return rc, raw.decode("utf-8", "replace")
 

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tpkgtest import MOUNT, TORSHPKG, Harness, inspect_json, mount_procs, tail, walk  # noqa: E402
 from test_remote import (all_ok, file_digests, num, one_line, read_stats, read_tree,  # noqa: E402
                          summary)
+import remote_servers as rms  # noqa: E402
 import s3_server as s3  # noqa: E402
 
 BUCKET = "models"
@@ -82,21 +83,9 @@ def main():
 
         def mount(loc, mnt, *opts, env: dict, timeout=90):
             """mount.torshpkg with exactly `env`'s AWS setup; registered for the Harness cleanup."""
-            os.makedirs(mnt, exist_ok=True)
-            h.mounts.append(mnt)
             full = dict(os.environ)
             full.update(env)
-            logp = os.path.join(T, f"mount-{len(h.mounts)}.log")
-            with open(logp, "w+b") as log:
-                p = subprocess.Popen([MOUNT, loc, mnt, *opts], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full)
-                try:
-                    rc = p.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                    rc = None
-                log.seek(0)
-                raw = log.read()
+            rc, raw = rms.run_mount(h, MOUNT, loc, mnt, opts, full, timeout)
             captured.append((f"mount {mnt}", raw))
             return rc, raw.decode("utf-8", "replace")
 
