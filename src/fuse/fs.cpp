@@ -398,18 +398,22 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 std::string Filesystem::stats_json() const {
+  // Paths need not be UTF-8: such bytes become U+FFFD rather than an exception (EIO on the read).
+  auto quoted = [](const std::string &text) {
+    return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
   const auto p = pkg_->pipeline_stats();
   const auto m = reader_.cache().stats();
   std::string source = pkg_->source().stats_json();
   if (source.empty())  // a local file: nothing is fetched
     source = fmt::format(R"("source":{},"mirror":null,"requests":0,"retries":0,"failovers":0,"bytes_fetched":0)",
-                         nlohmann::json(pkg_->path()).dump());
+                         quoted(pkg_->path()));
   std::string disk = "null";
   if (const auto *store = pkg_->store()) {
     const auto d = store->stats();
     disk = fmt::format(
         R"({{"dir":{},"usable":{},"hits":{},"misses":{},"bytes_read":{},"bytes_written":{},"write_failures":{},"dropped":{}}})",
-        nlohmann::json(store->dir()).dump(), store->usable(), d.hits, d.misses, d.bytes_read, d.bytes_written,
+        quoted(store->dir()), store->usable(), d.hits, d.misses, d.bytes_read, d.bytes_written,
         d.write_failures, d.dropped);
   }
   return fmt::format(

@@ -6,6 +6,7 @@
 #include "torshpkg/http_source.hpp"
 
 #include "curl_api.hpp"
+#include "remote_text.hpp"
 
 #include <unistd.h>
 
@@ -260,19 +261,6 @@ std::string_view state_name(Mirror::State s) {
     case Mirror::State::kBad: return "bad";
   }
   return "?";
-}
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\')
-      out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20)
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-    else
-      out += c;
-  }
-  return out + '"';
 }
 
 struct SlistFree {
@@ -794,14 +782,14 @@ std::string HttpSource::stats_json() const {
     std::lock_guard lock(mu_);
     for (const auto &m : mirrors_) {
       if (!mirrors.empty()) mirrors += ',';
-      mirrors += fmt::format(R"({{"url":{},"state":{},"requests":{}{}}})", json_string(m->display),
-                             json_string(state_name(m->state)), m->requests.load(),
-                             m->why_bad.empty() ? "" : ",\"why\":" + json_string(m->why_bad));
+      mirrors += fmt::format(R"({{"url":{},"state":{},"requests":{}{}}})", remote::json_quote(m->display),
+                             remote::json_quote(state_name(m->state)), m->requests.load(),
+                             m->why_bad.empty() ? "" : ",\"why\":" + remote::json_quote(m->why_bad));
     }
   }
   return fmt::format(
       R"("source":{},"mirror":{},"requests":{},"retries":{},"failovers":{},"bytes_fetched":{},"range_ignored":{},"mirrors":[{}])",
-      json_string(name_), use ? json_string(use->display) : "null", requests_.load(), retries_.load(),
+      remote::json_quote(name_), use ? remote::json_quote(use->display) : "null", requests_.load(), retries_.load(),
       failovers_.load(), bytes_fetched_.load(), ignored_range_.load() > 0 ? "true" : "false", mirrors);
 }
 

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "remote_text.hpp"
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg {
@@ -24,10 +25,7 @@ bool from_hex_ok(std::string_view hex) {
          });
 }
 
-std::string env(const char *name) {
-  const char *v = std::getenv(name);
-  return v ? v : "";
-}
+using remote::env_text;
 
 constexpr std::string_view kB64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -87,16 +85,7 @@ std::map<std::string, std::string> challenge_params(std::string_view h) {
   return out;
 }
 
-std::string url_escape(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
-      out += static_cast<char>(c);
-    else
-      out += fmt::format("%{:02X}", c);
-  }
-  return out;
-}
+std::string url_escape(std::string_view s) { return remote::percent_encode(s, false); }
 
 // The Authorization header a 401 asks for, or a UsageError/IoError saying why there is none.
 std::string authorize(const OciReference &ref, const std::string &location, const HttpReply &denied,
@@ -181,9 +170,9 @@ OciReference parse_oci_reference(std::string_view location) {
 
 std::optional<std::string> registry_credentials(const std::string &registry) {
   std::vector<std::string> files;
-  if (auto f = env("REGISTRY_AUTH_FILE"); !f.empty()) files.push_back(f);
-  if (auto d = env("DOCKER_CONFIG"); !d.empty()) files.push_back(d + "/config.json");
-  if (auto h = env("HOME"); !h.empty()) files.push_back(h + "/.docker/config.json");
+  if (auto f = env_text("REGISTRY_AUTH_FILE"); !f.empty()) files.push_back(f);
+  if (auto d = env_text("DOCKER_CONFIG"); !d.empty()) files.push_back(d + "/config.json");
+  if (auto h = env_text("HOME"); !h.empty()) files.push_back(h + "/.docker/config.json");
   for (const auto &path : files) {
     std::ifstream in(path);
     if (!in) continue;

@@ -4,16 +4,14 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "remote_text.hpp"
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg {
 
 namespace {
 
-std::string env(const char *name) {
-  const char *v = std::getenv(name);
-  return v ? v : "";
-}
+using remote::env_text;
 
 std::string trim(std::string s) {
   const auto b = s.find_first_not_of(" \t\r");
@@ -22,8 +20,8 @@ std::string trim(std::string s) {
 }
 
 std::string home_file(const char *override_var, const char *rel) {
-  if (auto v = env(override_var); !v.empty()) return v;
-  const auto home = env("HOME");
+  if (auto v = env_text(override_var); !v.empty()) return v;
+  const auto home = env_text("HOME");
   return home.empty() ? "" : home + "/" + rel;
 }
 
@@ -52,14 +50,7 @@ S3Location parse_s3_location(std::string_view location) {
 }
 
 std::string s3_object_url(const S3Location &loc, const std::string &endpoint, const std::string &region) {
-  std::string key;
-  for (unsigned char c : loc.key) {
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-        c == '_' || c == '~' || c == '/')
-      key += static_cast<char>(c);
-    else
-      key += fmt::format("%{:02X}", c);
-  }
+  const std::string key = remote::percent_encode(loc.key, true);
   if (endpoint.empty()) return fmt::format("https://{}.s3.{}.amazonaws.com/{}", loc.bucket, region, key);
   std::string base = endpoint;
   while (!base.empty() && base.back() == '/') base.pop_back();
@@ -89,22 +80,22 @@ std::map<std::string, std::map<std::string, std::string>> read_aws_ini(const std
 
 std::shared_ptr<const ChunkSource> open_s3(const std::string &location, RemoteOptions opts) {
   const auto loc = parse_s3_location(location);
-  std::string profile = env("AWS_PROFILE");
+  std::string profile = env_text("AWS_PROFILE");
   if (profile.empty()) profile = "default";
   std::string region = opts.s3_region;
-  if (region.empty()) region = env("AWS_REGION");
-  if (region.empty()) region = env("AWS_DEFAULT_REGION");
+  if (region.empty()) region = env_text("AWS_REGION");
+  if (region.empty()) region = env_text("AWS_DEFAULT_REGION");
   if (region.empty()) region = read_aws_ini(home_file("AWS_CONFIG_FILE", ".aws/config"))[profile]["region"];
   if (region.empty()) region = "us-east-1";
   std::string endpoint = opts.s3_endpoint;
-  if (endpoint.empty()) endpoint = env("AWS_ENDPOINT_URL_S3");
-  if (endpoint.empty()) endpoint = env("AWS_ENDPOINT_URL");
+  if (endpoint.empty()) endpoint = env_text("AWS_ENDPOINT_URL_S3");
+  if (endpoint.empty()) endpoint = env_text("AWS_ENDPOINT_URL");
 
   RemoteOptions::AwsSigV4 aws;
   aws.region = region;
-  aws.access_key = env("AWS_ACCESS_KEY_ID");
-  aws.secret_key = env("AWS_SECRET_ACCESS_KEY");
-  aws.session_token = env("AWS_SESSION_TOKEN");
+  aws.access_key = env_text("AWS_ACCESS_KEY_ID");
+  aws.secret_key = env_text("AWS_SECRET_ACCESS_KEY");
+  aws.session_token = env_text("AWS_SESSION_TOKEN");
   if (aws.access_key.empty() || aws.secret_key.empty()) {
     auto creds = read_aws_ini(home_file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"))[profile];
     aws.access_key = creds["aws_access_key_id"];
