@@ -359,6 +359,15 @@ def page_cache_bytes(path):
         return -1
 
 
+def decoded_bytes(mnt):
+    """bytes_decoded from the mount's .torshpkg/stats, or -1."""
+    try:
+        with open(os.path.join(mnt, ".torshpkg", "stats")) as f:
+            return int(json.load(f)["bytes_decoded"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 def random_prefetch_checks(h, pkg, rel, mnt):
     """A file read at random (three jumps on one descriptor) is decoded whole into the page cache in
     the background; with -o random_prefetch=0 only the chunks read are."""
@@ -374,15 +383,19 @@ def random_prefetch_checks(h, pkg, rel, mnt):
             for frac in (0.7, 0.2, 0.5, 0.9):
                 os.pread(fd, 4096, int(size * frac) // 4096 * 4096)
             deadline = time.monotonic() + (120 if whole else 2)
-            res = page_cache_bytes(path)
-            while time.monotonic() < deadline and res < size:
+            decoded, res = decoded_bytes(mnt), page_cache_bytes(path)
+            while time.monotonic() < deadline and (decoded < size or res < size):
                 time.sleep(0.2)
-                res = page_cache_bytes(path)
+                decoded, res = decoded_bytes(mnt), page_cache_bytes(path)
         finally:
             os.close(fd)
         if whole:
-            h.check(f"{label}: after 4 random reads the whole {size >> 20} MiB file is in the page cache",
-                    res >= size, f"{res} of {size} bytes resident")
+            # The daemon must decode and push every chunk; the kernel may evict some of a 1 GiB file
+            # again on a machine short of memory (CI saw 97% resident), so residency gets a margin.
+            h.check(f"{label}: after 4 random reads the daemon decodes the whole {size >> 20} MiB file",
+                    decoded >= size, f"{decoded} of {size} bytes decoded")
+            h.check(f"{label}: ... and it lands in the page cache", res >= size * 9 // 10,
+                    f"{res} of {size} bytes resident")
         else:
             h.check(f"{label}: only about the chunks read are in the page cache", 0 < res <= 8 * M1,
                     f"{res} of {size} bytes resident")
