@@ -70,14 +70,16 @@ struct OciBlob {
 [[nodiscard]] std::vector<std::string> oci_tags(const std::string &location, const RemoteOptions &opts);
 
 // Pushes the .tpkg at `path` (its SHA-256 `blob_digest_hex`, computed by the caller) as an artifact:
-// the config blob (OCI's empty descriptor), the package blob (skipped when the registry has it), then
+// the config blob (OCI's empty descriptor), the package blob (skipped when the registry has it,
+// mounted from the first of `mount_from`, repositories of the same registry, that holds it), then
 // the manifest under the reference's tag, with `annotations`. Returns the manifest's digest.
 struct OciPushResult {
-  std::string manifest_digest;
-  bool blob_existed = false;
+  std::string manifest_digest;  // sha256:HEX of the manifest as sent
+  enum class Blob { kUploaded, kExisted, kMounted } blob = Blob::kUploaded;
 };
 [[nodiscard]] OciPushResult oci_push(const std::string &path, const std::string &blob_digest_hex,
                                      const std::string &location, const std::map<std::string, std::string> &annotations,
-                                     const RemoteOptions &opts, const std::function<void(std::uint64_t)> &progress);
+                                     const RemoteOptions &opts, const std::vector<std::string> &mount_from,
+                                     const std::function<void(std::uint64_t)> &progress);
 
 }  // namespace torshpkg

@@ -45,12 +45,16 @@ void require_oci(const std::string &location) {
 void add_push(CLI::App &app, Action &action) {
   struct Args {
     std::string file, target;
+    std::vector<std::string> mount_from;
     RemoteArgs remote;
   };
   auto a = std::make_shared<Args>();
   auto *cmd = app.add_subcommand("push", "Store a package in an OCI registry as an artifact");
   cmd->add_option("FILE", a->file, "Package")->required();
   cmd->add_option("REFERENCE", a->target, "oci://HOST[:PORT]/REPO[:TAG] (default tag: latest)")->required();
+  cmd->add_option("--mount-from", a->mount_from,
+                  "Repository of the same registry that may hold the package already: mounted, not uploaded "
+                  "(repeatable)");
   add_remote_options(cmd, a->remote);
   cmd->callback([&action, a] {
     action = [a]() -> int {
@@ -65,10 +69,12 @@ void add_push(CLI::App &app, Action &action) {
       const auto digest = file_sha256_hex(a->file, size);
       ProgressBar bar("pushing");
       const auto r = oci_push(a->file, digest, a->target, ann, open_options(a->target, a->remote).remote,
-                              [&bar, size](std::uint64_t sent) { bar.update(sent, size); });
+                              a->mount_from, [&bar, size](std::uint64_t sent) { bar.update(sent, size); });
       bar.finish();
-      fmt::print("{}: {} ({}), manifest {}\n", a->target, r.blob_existed ? "package already there" : "uploaded",
-                 human_bytes(size), r.manifest_digest.empty() ? "(no digest returned)" : r.manifest_digest);
+      const char *how = r.blob == OciPushResult::Blob::kExisted  ? "package already there"
+                        : r.blob == OciPushResult::Blob::kMounted ? "package mounted from another repository"
+                                                                  : "uploaded";
+      fmt::print("{}: {} ({}), manifest {}\n", a->target, how, human_bytes(size), r.manifest_digest);
       return kOk;
     };
   });

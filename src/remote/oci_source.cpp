@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "remote_text.hpp"
+#include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg {
@@ -233,7 +234,12 @@ OciBlob oci_resolve(RegistrySession &session) {
   if (reply.status == 404) throw IoError(fmt::format("{}: HTTP 404: manifest unknown", location), ENOENT);
   if (reply.status != 200) throw IoError(fmt::format("{}: HTTP {} for the manifest", location, reply.status), EIO);
   OciBlob blob;
-  blob.manifest_digest = reply.content_digest;
+  // The digest names the manifest's bytes: computed here, never taken from the registry's word,
+  // and a reference by digest (a lock file's) must get exactly those bytes.
+  blob.manifest_digest =
+      "sha256:" + to_hex(sha256(std::span(reinterpret_cast<const std::uint8_t *>(reply.body.data()), reply.body.size())));
+  if (ref.reference.starts_with("sha256:") && ref.reference != blob.manifest_digest)
+    throw IntegrityError(fmt::format("{}: the registry sent a manifest whose digest is {}", location, blob.manifest_digest));
   try {
     const auto m = nlohmann::json::parse(reply.body);
     const auto &layers = m.at("layers");
@@ -298,16 +304,30 @@ constexpr const char *kEmptyConfigType = "application/vnd.oci.empty.v1+json";
 // SHA-256 of "{}", the OCI empty descriptor's content.
 constexpr const char *kEmptyConfigDigest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
-// Uploads one blob unless the repository has it (HEAD); true when it was there.
-bool put_blob(RegistrySession &s, const std::string &location, const std::string &digest, HttpRequest body) {
+// Uploads one blob unless the repository has it (HEAD) or can mount it from one of `mount_from`
+// (the distribution spec's cross-repository mount: 201 when done, 202 and an upload URL when not).
+OciPushResult::Blob put_blob(RegistrySession &s, const std::string &location, const std::string &digest,
+                             HttpRequest body, const std::vector<std::string> &mount_from = {}) {
   HttpRequest head;
   head.method = "HEAD";
   head.url = "/v2/" + s.ref().repository + "/blobs/" + digest;
-  if (s.send(head).status == 200) return true;
-  HttpRequest start;
-  start.method = "POST";
-  start.url = "/v2/" + s.ref().repository + "/blobs/uploads/";
-  const auto started = s.send(start);
+  if (s.send(head).status == 200) return OciPushResult::Blob::kExisted;
+  HttpReply started;
+  for (const auto &from : mount_from) {
+    if (from == s.ref().repository) continue;
+    HttpRequest mount;
+    mount.method = "POST";
+    mount.url = "/v2/" + s.ref().repository + "/blobs/uploads/?mount=" + digest + "&from=" + url_escape(from);
+    started = s.send(mount);
+    if (started.status == 201) return OciPushResult::Blob::kMounted;
+    if (started.status == 202) break;  // the registry started a plain upload instead
+  }
+  if (started.status != 202) {
+    HttpRequest start;
+    start.method = "POST";
+    start.url = "/v2/" + s.ref().repository + "/blobs/uploads/";
+    started = s.send(start);
+  }
   if (started.status == 401 || started.status == 403)
     throw IoError(fmt::format("{}: HTTP {}: the registry refused the upload (credentials with push access?)", location,
                               started.status),
@@ -323,12 +343,13 @@ bool put_blob(RegistrySession &s, const std::string &location, const std::string
   const auto done = s.send(body);
   if (done.status != 201)
     throw IoError(fmt::format("{}: HTTP {} uploading blob {}", location, done.status, digest), EIO);
-  return false;
+  return OciPushResult::Blob::kUploaded;
 }
 }  // namespace
 
 OciPushResult oci_push(const std::string &path, const std::string &blob_digest_hex, const std::string &location,
                        const std::map<std::string, std::string> &annotations, const RemoteOptions &opts,
+                       const std::vector<std::string> &mount_from,
                        const std::function<void(std::uint64_t)> &progress) {
   const auto ref = parse_oci_reference(location);
   if (ref.reference.starts_with("sha256:"))
@@ -352,7 +373,7 @@ OciPushResult oci_push(const std::string &path, const std::string &blob_digest_h
   blob.body_fd = fd;
   blob.body_size = static_cast<std::uint64_t>(st.st_size);
   blob.progress = progress;
-  result.blob_existed = put_blob(session, location, digest, blob);
+  result.blob = put_blob(session, location, digest, blob, mount_from);
 
   nlohmann::ordered_json layer_ann = {{"org.opencontainers.image.title", path.substr(path.rfind('/') + 1)}};
   nlohmann::ordered_json manifest = {
@@ -376,7 +397,8 @@ OciPushResult oci_push(const std::string &path, const std::string &blob_digest_h
     throw IoError(fmt::format("{}: HTTP {} storing the manifest{}", location, reply.status,
                               reply.body.empty() ? "" : ": " + reply.body.substr(0, 200)),
                   reply.status == 401 || reply.status == 403 ? EACCES : EIO);
-  result.manifest_digest = reply.content_digest;
+  result.manifest_digest =
+      "sha256:" + to_hex(sha256(std::span(reinterpret_cast<const std::uint8_t *>(put.body.data()), put.body.size())));
   return result;
 }
 
