@@ -51,6 +51,11 @@ struct Interrupted : Error {
 struct NotFoundError : Error {
   using Error::Error;
 };
+// The dependencies of a package cannot all be satisfied from the registry: a package is missing, no
+// version satisfies a range, or two ranges exclude each other. Exit 8.
+struct ResolveError : Error {
+  using Error::Error;
+};
 // Something that cannot fail for any input did: a library (OpenSSL, zstd, zlib, libzip, libfuse)
 // could not create a context, ran out of memory or refused a call its arguments are valid for, or an
 // invariant of this program broke (a bug). Nothing the user gave caused it, nor can change it.

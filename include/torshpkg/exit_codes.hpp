@@ -19,6 +19,7 @@ enum ExitCode : int {
   kIntegrity = 5,      // IntegrityError: bytes fail their digests, the package is damaged
   kNotFound = 6,       // NotFoundError: a path is not in the package
   kUntrusted = 7,      // TrustError: no signature from a trusted key, where one was required
+  kUnresolved = 8,     // ResolveError: dependencies that no set of versions in the registry satisfies
   kInterrupted = 130,  // Interrupted: SIGINT/SIGTERM (128 + SIGINT, as shells report it)
 };
 }  // namespace exit_codes
@@ -37,7 +38,8 @@ struct ExitReport {
 
 // What `tool` exits with, and prints, for the exception `e` that ended it:
 //   UsageError 2, IoError 3 (torshpkg: 0 on EPIPE), FormatError 4, IntegrityError 5 ("damaged
-//   package: "), NotFoundError 6, TrustError 7, Interrupted 130; InternalError, any other exception
+//   package: "), NotFoundError 6, TrustError 7, ResolveError 8 ("cannot resolve dependencies: "),
+//   Interrupted 130; InternalError, any other exception
 //   (std::bad_alloc, a bare Error, ...) and a null `e` 1.
 [[nodiscard]] ExitReport exit_report(const std::exception_ptr &e, Tool tool);
 

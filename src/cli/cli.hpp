@@ -31,6 +31,7 @@ void add_import(CLI::App &app, Action &action);
 void add_push(CLI::App &app, Action &action);
 void add_pull(CLI::App &app, Action &action);
 void add_tags(CLI::App &app, Action &action);
+void add_resolve(CLI::App &app, Action &action);
 void add_cache(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.

@@ -25,6 +25,7 @@ static int run(int argc, char **argv) {
   add_push(app, action);
   add_pull(app, action);
   add_tags(app, action);
+  add_resolve(app, action);
   add_cache(app, action);
 #if TORSHPKG_WITH_ZIPIO  // meson -Dzip=disabled: no libzip, no import/export
   add_import(app, action);
