@@ -6,11 +6,14 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include <fmt/format.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +29,7 @@ constexpr double kForever = 365.0 * 24 * 3600;  // content is immutable: cache n
 constexpr std::string_view kMetaDir = ".torshpkg";
 constexpr std::string_view kManifestName = "manifest.json";
 constexpr std::string_view kStatsName = "stats";
+constexpr std::string_view kDepsDir = ".deps";
 
 Filesystem &fs_of(fuse_req_t req) {
   return *static_cast<Filesystem *>(fuse_req_userdata(req));
@@ -67,68 +71,94 @@ void guarded(fuse_req_t req, F &&body) noexcept {
 
 }  // namespace
 
-Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts)
-    : pkg_(pkg),
-      reader_(pkg, opts.cache_bytes),
-      opts_(opts),
-      uid_(opts.uid.value_or(::getuid())),
-      gid_(opts.gid.value_or(::getgid())),
-      subdirs_(pkg->inode_count(), 0) {
-  for (std::uint32_t i = 1; i < pkg_->inode_count(); ++i)
-    if (pkg_->type(i) == format::NodeType::kDirectory) ++subdirs_[pkg_->inode(i).parent];
+Volume::Volume(std::shared_ptr<const Package> p, std::uint64_t cache_bytes, fuse_ino_t first_ino,
+               std::string entry_name)
+    : pkg(std::move(p)),
+      reader(pkg, cache_bytes),
+      base(first_ino),
+      name(std::move(entry_name)),
+      subdirs(pkg->inode_count(), 0) {
+  for (std::uint32_t i = 1; i < pkg->inode_count(); ++i)
+    if (pkg->type(i) == format::NodeType::kDirectory) ++subdirs[pkg->inode(i).parent];
+}
+
+Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts, std::vector<MountedDependency> deps)
+    : opts_(opts), uid_(opts.uid.value_or(::getuid())), gid_(opts.gid.value_or(::getgid())) {
+  volumes_.push_back(std::make_unique<Volume>(std::move(pkg), opts.cache_bytes, FUSE_ROOT_ID, std::string()));
+  std::sort(deps.begin(), deps.end(), [](const auto &x, const auto &y) { return x.entry_name < y.entry_name; });
+  fuse_ino_t next = deps_dir_ino() + 1;
+  for (auto &d : deps) {
+    if (d.entry_name.empty() || d.entry_name == "." || d.entry_name == ".." ||
+        d.entry_name.find('/') != std::string::npos || d.entry_name.size() > format::kMaxNameLength)
+      throw UsageError(fmt::format("'{}' cannot be a directory name under /.deps", d.entry_name));
+    if (volumes_.size() > 1 && volumes_.back()->name == d.entry_name)
+      throw UsageError(fmt::format("two dependencies named '{}' under /.deps", d.entry_name));
+    volumes_.push_back(std::make_unique<Volume>(std::move(d.pkg), opts.cache_bytes, next, d.entry_name));
+    next = volumes_.back()->end();
+  }
+  if (has_deps() && main().pkg->lookup(0, kDepsDir))
+    throw UsageError(
+        fmt::format("{} has a /{} of its own: it cannot be mounted with -o deps", main().pkg->path(), kDepsDir));
 }
 
 void Filesystem::stop() {
   stopping_ = true;
-  reader_.stop_workers();
+  for (auto &v : volumes_) v->reader.stop_workers();
 }
 
 void Filesystem::start(fuse_session *se) {
   se_ = se;
-  readahead_chunks_ = opts_.readahead_bytes / pkg_->chunk_size();
-  // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
-  stream_slack_chunks_ = std::max<std::uint64_t>(
-      2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / pkg_->chunk_size()));
   // Remote chunks wait on the network more than on a core: more workers, more requests in flight.
   const unsigned default_workers =
-      pkg_->source().remote() ? 8u : std::max(1u, std::thread::hardware_concurrency());
+      main().pkg->source().remote() ? 8u : std::max(1u, std::thread::hardware_concurrency());
   workers_ = opts_.workers ? opts_.workers : default_workers;
-  reader_.start_workers(workers_);
-  if (pkg_->source().remote() && opts_.prefetch != Options::Prefetch::kNone) prefetch_files();
+  for (auto &v : volumes_) {
+    const auto chunk = v->pkg->chunk_size();
+    v->readahead_chunks = opts_.readahead_bytes / chunk;
+    // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
+    v->stream_slack_chunks =
+        std::max<std::uint64_t>(2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / chunk));
+    v->reader.start_workers(workers_);
+    if (v->pkg->source().remote() && opts_.prefetch != Options::Prefetch::kNone) prefetch_files(*v);
+  }
 }
 
-void Filesystem::prefetch_files() {
+void Filesystem::prefetch_files(Volume &v) {
   std::vector<std::uint32_t> files;
-  for (std::uint32_t i = 0; i < pkg_->inode_count(); ++i) {
-    if (pkg_->type(i) != format::NodeType::kRegular || pkg_->chunks_in_file(i) == 0) continue;
-    if (opts_.prefetch == Options::Prefetch::kManifest && pkg_->inode(i).kind == format::FileKind::kWeights) continue;
+  const auto &pkg = *v.pkg;
+  for (std::uint32_t i = 0; i < pkg.inode_count(); ++i) {
+    if (pkg.type(i) != format::NodeType::kRegular || pkg.chunks_in_file(i) == 0) continue;
+    if (opts_.prefetch == Options::Prefetch::kManifest && pkg.inode(i).kind == format::FileKind::kWeights) continue;
     files.push_back(i);
   }
-  if (!files.empty()) prefetch_run(std::move(files), 0, 0);
+  if (!files.empty()) prefetch_run(v, std::move(files), 0, 0);
 }
 
-void Filesystem::prefetch_run(std::vector<std::uint32_t> files, std::size_t file, std::uint64_t k) {
+void Filesystem::prefetch_run(Volume &v, std::vector<std::uint32_t> files, std::size_t file, std::uint64_t k) {
   // One task fetches one run of adjacent chunks and queues the next: readers' own fetches and
   // decode-ahead interleave with a long prefetch instead of waiting behind it.
-  reader_.run_in_background([this, files = std::move(files), file, k]() mutable {
+  v.reader.run_in_background([this, &v, files = std::move(files), file, k]() mutable {
     if (stopping_.load(std::memory_order_relaxed)) return;
+    const auto &pkg = *v.pkg;
     const std::uint32_t ino = files[file];
-    const std::uint64_t chunks = pkg_->chunks_in_file(ino);
-    const std::uint64_t index = pkg_->inode(ino).first + k;
+    const std::uint64_t chunks = pkg.chunks_in_file(ino);
+    const std::uint64_t index = pkg.inode(ino).first + k;
     const std::uint64_t run =
-        std::max<std::uint64_t>(1, pkg_->adjacent_run(index, chunks - k, pkg_->source().coalesce_bytes()));
-    if (pkg_->store())
-      pkg_->fetch_into_store(index, run);
+        std::max<std::uint64_t>(1, pkg.adjacent_run(index, chunks - k, pkg.source().coalesce_bytes()));
+    if (pkg.store())
+      pkg.fetch_into_store(index, run);
     else
       for (std::uint64_t j = 0; j < run; ++j)
-        if (auto c = reader_.decode_ahead(ino, k + j); c && opts_.push_to_page_cache) push_to_page_cache(ino, k + j, c);
+        if (auto c = v.reader.decode_ahead(ino, k + j); c && opts_.push_to_page_cache)
+          push_to_page_cache(v, ino, k + j, c);
     k += run;
     if (k >= chunks) ++file, k = 0;
-    if (file < files.size()) prefetch_run(std::move(files), file, k);
+    if (file < files.size()) prefetch_run(v, std::move(files), file, k);
   });
 }
 
-void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk, const ChunkPtr &chunk) {
+void Filesystem::push_to_page_cache(const Volume &v, std::uint32_t ino, std::uint64_t file_chunk,
+                                    const ChunkPtr &chunk) {
   // For random readers: neighbouring reads of this chunk then never reach the daemon, as with a
   // kernel filesystem. Sequential streams are not pushed: the kernel's own read-ahead asks for those
   // pages anyway, and pushing them cost 1.5 CPU-s per GiB more (docs/PERFORMANCE.md).
@@ -138,11 +168,12 @@ void Filesystem::push_to_page_cache(std::uint32_t ino, std::uint64_t file_chunk,
   bufv.buf[0].size = chunk->size();
   bufv.buf[0].fd = -1;
   bufv.buf[0].mem = const_cast<std::uint8_t *>(chunk->data());
-  (void)fuse_lowlevel_notify_store(se_, ino + 1, static_cast<off_t>(file_chunk << pkg_->header().chunk_shift), &bufv,
-                                   FUSE_BUF_NO_SPLICE);
+  (void)fuse_lowlevel_notify_store(se_, v.fuse_ino(ino), static_cast<off_t>(file_chunk << v.pkg->header().chunk_shift),
+                                   &bufv, FUSE_BUF_NO_SPLICE);
 }
 
-bool Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vector<ChunkSlice> &slices) noexcept {
+bool Filesystem::plan_readahead(Volume &v, std::uint32_t ino, OpenFile *of,
+                                const std::vector<ChunkSlice> &slices) noexcept {
   // Runs before the reply: once the reply is in, the kernel may release the handle and free `of`.
   if (slices.empty() || !of) return false;
   ReadPattern::Plan plan;
@@ -151,50 +182,51 @@ bool Filesystem::plan_readahead(std::uint32_t ino, OpenFile *of, const std::vect
     plan = of->pattern.observe(slices.front().file_chunk, slices.back().file_chunk);
   }
   try {
-    if (plan.turned_random) prefetch_whole_file(ino);
-    if (plan.ahead_count) reader_.prefetch(ino, plan.ahead_from, plan.ahead_count);
+    if (plan.turned_random) prefetch_whole_file(v, ino);
+    if (plan.ahead_count) v.reader.prefetch(ino, plan.ahead_from, plan.ahead_count);
   } catch (const std::exception &e) {
     log_error(e.what());  // decode-ahead is a hint: the read itself goes on
   }
   return plan.sequential;
 }
 
-void Filesystem::prefetch_whole_file(std::uint32_t ino) noexcept {
+void Filesystem::prefetch_whole_file(Volume &v, std::uint32_t ino) noexcept {
   // Random readers of a weights file end up touching most of it; decoding it ahead, in order, on
   // every worker puts it in the page cache at full decode speed, where chunk-by-chunk misses would
   // each cost a decode on the reader's critical path. Pages stay evictable kernel memory.
   if (!opts_.push_to_page_cache || opts_.random_prefetch_bytes == 0) return;
-  if (pkg_->inode(ino).size > opts_.random_prefetch_bytes || reader_.chunks_in_file(ino) < 2) return;
+  if (v.pkg->inode(ino).size > opts_.random_prefetch_bytes || v.reader.chunks_in_file(ino) < 2) return;
   try {
     {
-      std::lock_guard lock(prefetched_mu_);
-      if (!prefetched_.insert(ino).second) return;  // once per file per mount
+      std::lock_guard lock(v.prefetched_mu);
+      if (!v.prefetched.insert(ino).second) return;  // once per file per mount
     }
-    for (unsigned w = 0; w < workers_; ++w) sweep(ino, w);
+    for (unsigned w = 0; w < workers_; ++w) sweep(v, ino, w);
   } catch (const std::exception &e) {
     log_error(e.what());
   }
 }
 
-void Filesystem::sweep(std::uint32_t ino, std::uint64_t k) {
+void Filesystem::sweep(Volume &v, std::uint32_t ino, std::uint64_t k) {
   // One chunk per task, then requeue: pushes and decode-ahead for other readers interleave with a
   // long sweep instead of waiting behind it. Workers take chunks w, w+workers, ... in order.
-  reader_.run_in_background([this, ino, k] {
+  v.reader.run_in_background([this, &v, ino, k] {
     if (stopping_.load(std::memory_order_relaxed)) return;
-    if (auto c = reader_.decode_ahead(ino, k)) push_to_page_cache(ino, k, c);
-    if (k + workers_ < reader_.chunks_in_file(ino) && !stopping_.load(std::memory_order_relaxed))
-      sweep(ino, k + workers_);
+    if (auto c = v.reader.decode_ahead(ino, k)) push_to_page_cache(v, ino, k, c);
+    if (k + workers_ < v.reader.chunks_in_file(ino) && !stopping_.load(std::memory_order_relaxed))
+      sweep(v, ino, k + workers_);
   });
 }
 
-void Filesystem::push_decoded(std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept {
+void Filesystem::push_decoded(Volume &v, std::uint32_t ino, const std::vector<ChunkSlice> &slices) noexcept {
   // Runs after the reply: the pages of this request are unlocked only once its reply is in, so the
   // push must not happen before that. Nothing here may throw into `guarded`, which would reply twice.
   if (!opts_.push_to_page_cache) return;
   try {
     for (const auto &s : slices)
       if (s.decoded_now)
-        reader_.run_in_background([this, ino, k = s.file_chunk, c = s.chunk] { push_to_page_cache(ino, k, c); });
+        v.reader.run_in_background(
+            [this, &v, ino, k = s.file_chunk, c = s.chunk] { push_to_page_cache(v, ino, k, c); });
   } catch (const std::exception &e) {
     log_error(e.what());
   }
@@ -211,9 +243,17 @@ void Filesystem::log_error(const std::string &msg) {
     fmt::print(stderr, "mount.torshpkg: {}\n", msg);
 }
 
-std::uint32_t Filesystem::to_pkg(fuse_ino_t ino) const {
-  if (ino == 0 || ino > pkg_->inode_count()) throw NotFoundError("no such inode");
-  return static_cast<std::uint32_t>(ino - 1);
+std::pair<Volume *, std::uint32_t> Filesystem::locate(fuse_ino_t ino) const {
+  // Volumes are in inode order: the last one starting at or below ino.
+  const auto it = std::upper_bound(volumes_.begin(), volumes_.end(), ino,
+                                   [](fuse_ino_t n, const std::unique_ptr<Volume> &v) { return n < v->base; });
+  if (it == volumes_.begin() || ino >= (*(it - 1))->end()) throw NotFoundError("no such inode");
+  return {it[-1].get(), static_cast<std::uint32_t>(ino - it[-1]->base)};
+}
+
+fuse_ino_t Filesystem::parent_of(const Volume &v, std::uint32_t i) const noexcept {
+  if (i != 0) return v.fuse_ino(v.pkg->inode(i).parent);
+  return v.name.empty() ? FUSE_ROOT_ID : deps_dir_ino();
 }
 
 struct stat Filesystem::attr(fuse_ino_t ino) const {
@@ -221,31 +261,30 @@ struct stat Filesystem::attr(fuse_ino_t ino) const {
   st.st_ino = ino;
   st.st_uid = uid_;
   st.st_gid = gid_;
-  st.st_blksize = pkg_->chunk_size();
+  st.st_blksize = main().pkg->chunk_size();
   const std::uint32_t umask = opts_.umask.value_or(0);
-  if (ino == meta_dir_ino()) {
+  if (is_virtual_dir(ino)) {
     st.st_mode = S_IFDIR | (0555 & ~umask);
-    st.st_nlink = 2;
+    st.st_nlink = 2 + (ino == deps_dir_ino() ? volumes_.size() - 1 : 0);
   } else if (ino == manifest_ino()) {
     st.st_mode = S_IFREG | (0444 & ~umask);
     st.st_nlink = 1;
-    st.st_size = static_cast<off_t>(pkg_->manifest_text().size());
+    st.st_size = static_cast<off_t>(main().pkg->manifest_text().size());
   } else if (ino == stats_ino()) {
     st.st_mode = S_IFREG | (0444 & ~umask);
     st.st_nlink = 1;  // size 0: its contents change; opened with direct_io, read to the end
   } else {
-    const auto i = to_pkg(ino);
-    const auto e = pkg_->inode(i);
+    const auto [v, i] = locate(ino);
+    const auto &pkg = *v->pkg;
+    const auto e = pkg.inode(i);
+    st.st_blksize = pkg.chunk_size();
     st.st_mode = (e.mode & S_IFMT) | (e.mode & 0777 & ~umask);
     st.st_mtim = {e.mtime_sec, static_cast<long>(e.mtime_nsec)};
     st.st_ctim = st.st_atim = st.st_mtim;
-    if (pkg_->type(i) == format::NodeType::kDirectory) {
-      st.st_nlink = 2 + subdirs_[i];
-      st.st_size = static_cast<off_t>(e.size);
-    } else {
-      st.st_nlink = 1;
-      st.st_size = static_cast<off_t>(e.size);
-    }
+    st.st_size = static_cast<off_t>(e.size);
+    st.st_nlink = 1;
+    if (pkg.type(i) == format::NodeType::kDirectory)
+      st.st_nlink = 2 + v->subdirs[i] + (ino == FUSE_ROOT_ID && has_deps() ? 1 : 0);
   }
   st.st_blocks = (st.st_size + 511) / 512;
   return st;
@@ -263,26 +302,29 @@ fuse_entry_param Filesystem::entry(fuse_ino_t ino) const {
 
 void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   const std::string_view nm(name);
+  std::optional<fuse_ino_t> found;
   if (parent == FUSE_ROOT_ID && nm == kMetaDir) {
-    const auto e = entry(meta_dir_ino());
-    fuse_reply_entry(req, &e);
-    return;
+    found = meta_dir_ino();
+  } else if (parent == FUSE_ROOT_ID && nm == kDepsDir && has_deps()) {
+    found = deps_dir_ino();
+  } else if (parent == meta_dir_ino()) {
+    if (nm == kManifestName) found = manifest_ino();
+    if (nm == kStatsName) found = stats_ino();
+  } else if (parent == deps_dir_ino() && has_deps()) {
+    for (std::size_t k = 1; k < volumes_.size() && !found; ++k)
+      if (volumes_[k]->name == nm) found = volumes_[k]->base;
+  } else {
+    const auto [v, i] = locate(parent);
+    if (const auto child = v->pkg->lookup(i, nm)) found = v->fuse_ino(*child);
   }
-  if (parent == meta_dir_ino()) {
-    if (nm != kManifestName && nm != kStatsName) throw NotFoundError(std::string(nm));
-    const auto e = entry(nm == kManifestName ? manifest_ino() : stats_ino());
-    fuse_reply_entry(req, &e);
-    return;
-  }
-  const auto child = pkg_->lookup(to_pkg(parent), nm);
-  if (!child) {
+  if (!found) {
     // A negative entry may be cached for good too: the tree never changes.
     fuse_entry_param e{};
     e.entry_timeout = kForever;
     fuse_reply_entry(req, &e);
     return;
   }
-  const auto e = entry(*child + 1);
+  const auto e = entry(*found);
   fuse_reply_entry(req, &e);
 }
 
@@ -292,9 +334,10 @@ void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void Filesystem::readlink(fuse_req_t req, fuse_ino_t ino) {
-  const auto i = to_pkg(ino);
-  if (pkg_->type(i) != format::NodeType::kSymlink) throw UsageError("not a symlink");
-  fuse_reply_readlink(req, std::string(pkg_->symlink_target(i)).c_str());
+  if (is_virtual_dir(ino) || is_virtual_file(ino)) throw UsageError("not a symlink");
+  const auto [v, i] = locate(ino);
+  if (v->pkg->type(i) != format::NodeType::kSymlink) throw UsageError("not a symlink");
+  fuse_reply_readlink(req, std::string(v->pkg->symlink_target(i)).c_str());
 }
 
 void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
@@ -302,17 +345,24 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
     fuse_reply_err(req, EROFS);
     return;
   }
-  if (!is_virtual_file(ino) && pkg_->type(to_pkg(ino)) != format::NodeType::kRegular) {
+  if (is_virtual_dir(ino)) {
     fuse_reply_err(req, EISDIR);
     return;
   }
-  fi->keep_cache = 1;  // immutable content: page cache stays valid across opens
-  auto of = ino == manifest_ino() ? nullptr : std::make_unique<OpenFile>(readahead_chunks_, stream_slack_chunks_);
+  std::unique_ptr<OpenFile> of;
   if (ino == stats_ino()) {
+    of = std::make_unique<OpenFile>(0, 2);
     of->snapshot = std::make_shared<const std::string>(stats_json());
-    fi->keep_cache = 0;
     fi->direct_io = 1;  // its size is not known ahead
+  } else if (ino != manifest_ino()) {
+    const auto [v, i] = locate(ino);
+    if (v->pkg->type(i) != format::NodeType::kRegular) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
+    of = std::make_unique<OpenFile>(v->readahead_chunks, v->stream_slack_chunks);
   }
+  fi->keep_cache = ino == stats_ino() ? 0 : 1;  // immutable content: page cache stays valid across opens
   fi->fh = reinterpret_cast<std::uint64_t>(of.get());
   if (fuse_reply_open(req, fi) == 0) of.release();  // owned by the kernel's handle until release
 }
@@ -326,27 +376,30 @@ void Filesystem::read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
   if (off < 0) throw UsageError("negative offset");
   if (is_virtual_file(ino)) {
     const auto snapshot = ino == manifest_ino() ? nullptr : reinterpret_cast<OpenFile *>(fi->fh)->snapshot;
-    const std::string_view text = snapshot ? std::string_view(*snapshot) : pkg_->manifest_text();
+    const std::string_view text = snapshot ? std::string_view(*snapshot) : main().pkg->manifest_text();
     const auto start = std::min<std::size_t>(static_cast<std::size_t>(off), text.size());
     const auto n = std::min(size, text.size() - start);
     fuse_reply_buf(req, text.data() + start, n);
     return;
   }
-  const auto i = to_pkg(ino);
-  const auto slices = reader_.slices(i, static_cast<std::uint64_t>(off), size);
+  const auto [v, i] = locate(ino);
+  const auto slices = v->reader.slices(i, static_cast<std::uint64_t>(off), size);
   std::vector<iovec> iov;
   iov.reserve(slices.size());
   for (const auto &s : slices) iov.push_back({const_cast<std::uint8_t *>(s.chunk->data() + s.offset), s.length});
-  const bool sequential = plan_readahead(i, reinterpret_cast<OpenFile *>(fi->fh), slices);
+  const bool sequential = plan_readahead(*v, i, reinterpret_cast<OpenFile *>(fi->fh), slices);
   // The slices hold the chunks alive until the reply has been written.
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
-  if (!sequential) push_decoded(i, slices);
+  if (!sequential) push_decoded(*v, i, slices);
 }
 
 void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
-  if (ino != meta_dir_ino() && pkg_->type(to_pkg(ino)) != format::NodeType::kDirectory) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
+  if (!is_virtual_dir(ino)) {
+    const auto [v, i] = locate(ino);
+    if (v->pkg->type(i) != format::NodeType::kDirectory) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
   }
   fi->cache_readdir = 1;
   fi->keep_cache = 1;
@@ -354,33 +407,43 @@ void Filesystem::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) {
 }
 
 void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
-  // Offsets: 0 ".", 1 "..", 2+k the k-th child. The hidden /.torshpkg is never listed.
+  // Offsets: 0 ".", 1 "..", 2+k the k-th entry. The hidden /.torshpkg is never listed; /.deps (with
+  // -o deps) is listed after the root's own entries.
   std::vector<char> buf(size);
   std::size_t used = 0;
-  std::uint64_t first = 0, count = 0;
+  std::uint64_t count = 0;
   fuse_ino_t parent_ino = FUSE_ROOT_ID;
+  const Volume *vol = nullptr;
+  std::uint32_t dir = 0;
   if (ino == meta_dir_ino()) {
     count = 2;
+  } else if (ino == deps_dir_ino() && has_deps()) {
+    count = volumes_.size() - 1;
   } else {
-    const auto i = to_pkg(ino);
-    const auto e = pkg_->inode(i);
-    first = e.first;
-    count = e.size;
-    parent_ino = pkg_->inode(i).parent + 1;
+    const auto [v, i] = locate(ino);
+    vol = v;
+    dir = i;
+    count = v->pkg->inode(i).size + (ino == FUSE_ROOT_ID && has_deps() ? 1 : 0);
+    parent_ino = parent_of(*v, i);
   }
   for (auto pos = static_cast<std::uint64_t>(off); pos < 2 + count; ++pos) {
     std::string name;
     fuse_ino_t child;
-    if (pos == 0)
+    if (pos == 0) {
       name = ".", child = ino;
-    else if (pos == 1)
+    } else if (pos == 1) {
       name = "..", child = parent_ino;
-    else if (ino == meta_dir_ino())
+    } else if (ino == meta_dir_ino()) {
       name = pos == 2 ? kManifestName : kStatsName, child = pos == 2 ? manifest_ino() : stats_ino();
-    else {
-      const auto c = static_cast<std::uint32_t>(first + pos - 2);
-      name = pkg_->name(c);
-      child = c + 1;
+    } else if (!vol) {
+      const auto &dep = *volumes_[pos - 1];
+      name = dep.name, child = dep.base;
+    } else if (pos - 2 == vol->pkg->inode(dir).size) {
+      name = kDepsDir, child = deps_dir_ino();
+    } else {
+      const auto c = static_cast<std::uint32_t>(vol->pkg->inode(dir).first + pos - 2);
+      name = vol->pkg->name(c);
+      child = vol->fuse_ino(c);
     }
     std::size_t n;
     if (plus) {
@@ -397,38 +460,56 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   fuse_reply_buf(req, buf.data(), used);
 }
 
-std::string Filesystem::stats_json() const {
-  // Paths need not be UTF-8: such bytes become U+FFFD rather than an exception (EIO on the read).
-  auto quoted = [](const std::string &text) {
-    return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  };
-  const auto p = pkg_->pipeline_stats();
-  const auto m = reader_.cache().stats();
-  std::string source = pkg_->source().stats_json();
+namespace {
+// Paths need not be UTF-8: such bytes become U+FFFD rather than an exception (EIO on the read).
+std::string json_quoted(const std::string &text) {
+  return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// One package's counters: the body of a JSON object, without braces.
+std::string volume_stats(const Volume &v) {
+  const auto &pkg = *v.pkg;
+  const auto p = pkg.pipeline_stats();
+  const auto m = v.reader.cache().stats();
+  std::string source = pkg.source().stats_json();
   if (source.empty())  // a local file: nothing is fetched
     source = fmt::format(R"("source":{},"mirror":null,"requests":0,"retries":0,"failovers":0,"bytes_fetched":0)",
-                         quoted(pkg_->path()));
+                         json_quoted(pkg.path()));
   std::string disk = "null";
-  if (const auto *store = pkg_->store()) {
+  if (const auto *store = pkg.store()) {
     const auto d = store->stats();
     disk = fmt::format(
         R"({{"dir":{},"usable":{},"hits":{},"misses":{},"bytes_read":{},"bytes_written":{},"write_failures":{},"dropped":{}}})",
-        quoted(store->dir()), store->usable(), d.hits, d.misses, d.bytes_read, d.bytes_written,
-        d.write_failures, d.dropped);
+        json_quoted(store->dir()), store->usable(), d.hits, d.misses, d.bytes_read, d.bytes_written, d.write_failures,
+        d.dropped);
   }
   return fmt::format(
-      "{{{},\"bytes_from_cache\":{},\"bytes_decoded\":{},\"chunks_decoded\":{},\"digest_failures\":{},"
-      "\"memory_cache\":{{\"hits\":{},\"misses\":{},\"evictions\":{},\"bytes\":{}}},\"disk_cache\":{}}}\n",
+      "{},\"bytes_from_cache\":{},\"bytes_decoded\":{},\"chunks_decoded\":{},\"digest_failures\":{},"
+      "\"memory_cache\":{{\"hits\":{},\"misses\":{},\"evictions\":{},\"bytes\":{}}},\"disk_cache\":{}",
       source, p.bytes_from_store, p.bytes_decoded, p.chunks_decoded, p.digest_failures, m.hits, m.misses, m.evictions,
       m.bytes, disk);
+}
+}  // namespace
+
+std::string Filesystem::stats_json() const {
+  std::string out = "{" + volume_stats(main());
+  if (has_deps()) {
+    out += ",\"deps\":{";
+    for (std::size_t k = 1; k < volumes_.size(); ++k)
+      out += (k > 1 ? "," : "") + json_quoted(volumes_[k]->name) + ":{" + volume_stats(*volumes_[k]) + "}";
+    out += "}";
+  }
+  return out + "}\n";
 }
 
 void Filesystem::statfs(fuse_req_t req) {
   struct statvfs s {};
-  s.f_bsize = pkg_->chunk_size();
+  s.f_bsize = main().pkg->chunk_size();
   s.f_frsize = 4096;
-  s.f_blocks = (pkg_->file_size() + 4095) / 4096;
-  s.f_files = pkg_->inode_count();
+  for (const auto &v : volumes_) {
+    s.f_blocks += (v->pkg->file_size() + 4095) / 4096;
+    s.f_files += v->pkg->inode_count();
+  }
   s.f_namemax = format::kMaxNameLength;
   s.f_flag = ST_RDONLY;
   fuse_reply_statfs(req, &s);
@@ -436,25 +517,26 @@ void Filesystem::statfs(fuse_req_t req) {
 
 std::vector<std::pair<std::string, std::string>> Filesystem::xattrs(fuse_ino_t ino) const {
   std::vector<std::pair<std::string, std::string>> out;
-  if (ino == FUSE_ROOT_ID) {
-    out.emplace_back("user.torshpkg.name", pkg_->manifest().name);
-    out.emplace_back("user.torshpkg.version", pkg_->manifest().version);
+  if (is_virtual_dir(ino) || is_virtual_file(ino)) return out;
+  const auto [v, i] = locate(ino);
+  const auto &pkg = *v->pkg;
+  if (i == 0) {  // the root of a package: the mounted one, or a dependency's /.deps/NAME
+    out.emplace_back("user.torshpkg.name", pkg.manifest().name);
+    out.emplace_back("user.torshpkg.version", pkg.manifest().version);
     // A synthesised index (a zip) has no root digest: say where the tree comes from instead of zeros.
-    if (pkg_->synthesized())
-      out.emplace_back("user.torshpkg.source", pkg_->manifest().source);
+    if (pkg.synthesized())
+      out.emplace_back("user.torshpkg.source", pkg.manifest().source);
     else
-      out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg_->root_digest()));
+      out.emplace_back("user.torshpkg.root_sha256", to_hex(pkg.root_digest()));
     return out;
   }
-  if (ino == meta_dir_ino() || is_virtual_file(ino)) return out;
-  const auto i = to_pkg(ino);
-  if (pkg_->type(i) != format::NodeType::kRegular) return out;
-  const auto e = pkg_->inode(i);
+  if (pkg.type(i) != format::NodeType::kRegular) return out;
+  const auto e = pkg.inode(i);
   out.emplace_back("user.torshpkg.kind", std::string(format::kind_name(e.kind)));
-  if (const auto sha = pkg_->file_sha256(i)) out.emplace_back("user.torshpkg.sha256", to_hex(*sha));
-  if (pkg_->synthesized()) return out;  // its chunk table says nothing about storage
-  out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg_->stored_size(i)));
-  out.emplace_back("user.torshpkg.codec", pkg_->codec_summary(i));
+  if (const auto sha = pkg.file_sha256(i)) out.emplace_back("user.torshpkg.sha256", to_hex(*sha));
+  if (pkg.synthesized()) return out;  // its chunk table says nothing about storage
+  out.emplace_back("user.torshpkg.stored_size", std::to_string(pkg.stored_size(i)));
+  out.emplace_back("user.torshpkg.codec", pkg.codec_summary(i));
   return out;
 }
 

@@ -5,16 +5,19 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 
 #include "fs.hpp"
 #include "torshpkg/chunk_store.hpp"
-#include "torshpkg/trust_policy.hpp"
+#include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/exit_codes.hpp"
-#include "torshpkg/version.hpp"
 #include "torshpkg/open.hpp"
+#include "torshpkg/resolve.hpp"
+#include "torshpkg/trust_policy.hpp"
+#include "torshpkg/version.hpp"
 
 namespace torshpkg::mount {
 
@@ -41,14 +44,17 @@ struct Notices {
   }
 };
 
-OpenOptions open_options(const Options &opts, const std::shared_ptr<Notices> &notices) {
+// How to open `location` (the package, or a dependency from the lock): the same verification
+// and remote settings for all; mirrors are looked up per location; one disk chunk cache for all.
+OpenOptions open_options(const Options &opts, const std::string &location, const std::shared_ptr<Notices> &notices,
+                         std::shared_ptr<ChunkStore> &store) {
   OpenOptions o;
   o.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify;
   o.any_container = true;
   o.allow_unsigned = opts.allow_unsigned;
-  if (!is_remote_location(opts.package)) return o;
-  o.remote.mirrors = opts.mirrors;
-  for (auto &m : mirrors_from_file(opts.package, opts.mirrors_file)) o.remote.mirrors.push_back(std::move(m));
+  if (!is_remote_location(location)) return o;
+  if (location == opts.package) o.remote.mirrors = opts.mirrors;
+  for (auto &m : mirrors_from_file(location, opts.mirrors_file)) o.remote.mirrors.push_back(std::move(m));
   o.remote.timeout = std::chrono::seconds(opts.timeout_seconds);
   o.remote.retries = opts.retries;
   o.remote.cacert = opts.cacert;
@@ -56,12 +62,53 @@ OpenOptions open_options(const Options &opts, const std::shared_ptr<Notices> &no
   o.remote.s3_endpoint = opts.s3_endpoint;
   o.remote.s3_region = opts.s3_region;
   o.remote.log = [notices](const std::string &msg) { (*notices)(msg); };
-  if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
   if (opts.cache_dir != "none") {
-    o.store = std::make_shared<ChunkStore>(opts.cache_dir, opts.cache_dir_bytes);
-    if (!o.store->usable()) (*notices)("warning: " + o.store->warning());
+    if (!store) {
+      store = std::make_shared<ChunkStore>(opts.cache_dir, opts.cache_dir_bytes);
+      if (!store->usable()) (*notices)("warning: " + store->warning());
+    }
+    o.store = store;
   }
   return o;
+}
+
+// -o deps: the lock must be for exactly this package (name, version, root digest), and each
+// dependency must be exactly what the lock names (its root digest), held to the same trust policy.
+std::vector<MountedDependency> open_dependencies(const Options &opts, const Package &pkg, const TrustStore &trust,
+                                                 const std::shared_ptr<Notices> &notices,
+                                                 std::shared_ptr<ChunkStore> &store) {
+  std::string lock_path = *opts.deps_lock;
+  if (lock_path.empty()) {
+    if (is_remote_location(opts.package))
+      throw UsageError("-o deps: a remote package needs -o deps=LOCK (there is no directory beside it)");
+    const auto slash = opts.package.rfind('/');
+    lock_path = (slash == std::string::npos ? std::string() : opts.package.substr(0, slash + 1)) + "torshpkg.lock";
+  }
+  const auto lock = read_lock_file(lock_path);
+  const auto &m = pkg.manifest();
+  if (pkg.synthesized()) throw UsageError(fmt::format("-o deps: {} is a zip, which has no dependencies", pkg.path()));
+  const auto root = to_hex(pkg.root_digest());
+  if (lock.root_name != m.name || lock.root_version != m.version || lock.root_sha256 != root)
+    throw ResolveError(fmt::format("{} is the lock of {}@{} (root {}), not of {}@{} (root {}): run torshpkg resolve",
+                                   lock_path, lock.root_name, lock.root_version, lock.root_sha256.substr(0, 16), m.name,
+                                   m.version, root.substr(0, 16)));
+  std::vector<MountedDependency> deps;
+  for (const auto &p : lock.packages) {
+    auto dep = open_package(p.source, open_options(opts, p.source, notices, store));
+    const auto decision = enforce_trust(*dep, check_signatures(*dep, trust), opts.allow_unsigned);
+    if (!decision.trusted)
+      (*notices)(
+          fmt::format("warning: dependency {} is {}; mounting it because of allow_unsigned", p.name, decision.summary));
+    if (dep->synthesized() || to_hex(dep->root_digest()) != p.root_sha256)
+      throw IntegrityError(fmt::format("{}: {} is not the {}@{} that {} locked (root {}, locked {})", p.source,
+                                       dep->path(), p.name, p.version, lock_path,
+                                       dep->synthesized() ? "none" : to_hex(dep->root_digest()).substr(0, 16),
+                                       p.root_sha256.substr(0, 16)));
+    std::string entry = p.name;  // a registry name: '/' is the one character a directory name cannot hold
+    std::replace(entry.begin(), entry.end(), '/', '+');
+    deps.push_back({std::move(entry), std::move(dep)});
+  }
+  return deps;
 }
 
 int serve(const Options &opts) {
@@ -77,9 +124,12 @@ int serve(const Options &opts) {
   // trust policy holds it to the same rule as an unsigned package.
   // A URL: only the tail is fetched here (one or two range requests); chunks come on demand.
   const auto notices = std::make_shared<Notices>();
-  const auto pkg = open_package(opts.package, open_options(opts, notices));
-  const auto decision = enforce_trust(*pkg, check_signatures(*pkg, TrustStore::from(opts.pubkeys, opts.trust_dirs)),
-                                      opts.allow_unsigned);
+  if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
+  std::shared_ptr<ChunkStore> store;
+  const auto pkg = open_package(opts.package, open_options(opts, opts.package, notices, store));
+  const auto trust = TrustStore::from(opts.pubkeys, opts.trust_dirs);
+  const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
+  auto deps = opts.deps_lock ? open_dependencies(opts, *pkg, trust, notices, store) : std::vector<MountedDependency>{};
   if (!decision.trusted)
     fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", pkg->path(),
                decision.summary);
@@ -109,7 +159,7 @@ int serve(const Options &opts) {
   fuse_args raw_args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   std::unique_ptr<fuse_args, ArgsDeleter> args(&raw_args);
 
-  Filesystem fs(pkg, opts);
+  Filesystem fs(pkg, opts, std::move(deps));
   std::unique_ptr<fuse_session, SessionDeleter> se(
       fuse_session_new(args.get(), &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &fs));
   if (!se) throw UsageError("libfuse refused the mount options (see the message above)");

@@ -37,6 +37,8 @@ struct Options {
   std::uint64_t cache_dir_bytes = 16ull << 30;
   enum class Prefetch { kNone, kManifest, kAll } prefetch = Prefetch::kManifest;
   std::string s3_endpoint, s3_region;                // s3://: overrides of AWS_ENDPOINT_URL, AWS_REGION
+  // -o deps[=LOCK]: the lock's packages under /.deps; "" for torshpkg.lock beside a local package.
+  std::optional<std::string> deps_lock;
 };
 
 // Throws UsageError with a message naming the bad argument.
