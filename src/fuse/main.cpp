@@ -1,4 +1,5 @@
 // mount.torshpkg: validates the package, mounts it, daemonises once the mount is usable.
+#include <dirent.h>
 #include <malloc.h>
 #include <sys/stat.h>
 #include <syslog.h>
@@ -7,7 +8,11 @@
 #include <fmt/format.h>
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "fs.hpp"
 #include "torshpkg/chunk_store.hpp"
@@ -28,6 +33,9 @@ using enum ExitCode;
 
 struct SessionDeleter {
   void operator()(fuse_session *se) const noexcept { fuse_session_destroy(se); }
+};
+struct DirCloser {
+  void operator()(DIR *d) const noexcept { ::closedir(d); }
 };
 struct ArgsDeleter {
   void operator()(fuse_args *a) const noexcept { fuse_opt_free_args(a); }
@@ -111,11 +119,35 @@ std::vector<MountedDependency> open_dependencies(const Options &opts, const Pack
   return deps;
 }
 
-int serve(const Options &opts) {
-  // Everything that can fail for a reason the user can fix is checked before mounting.
+// The mount point as an absolute path (the daemon changes to / and must still find it to
+// unmount), refused when it is not an empty directory or is already a mount point, unless
+// -o nonempty: mounting over files hides them, and stacking mounts hides the first one.
+std::string checked_mountpoint(const Options &opts) {
   struct stat st {};
   if (::stat(opts.mountpoint.c_str(), &st) != 0) throw_errno("use mount point", opts.mountpoint);
   if (!S_ISDIR(st.st_mode)) throw UsageError(opts.mountpoint + ": mount point is not a directory");
+  const std::unique_ptr<char, decltype(&std::free)> real(::realpath(opts.mountpoint.c_str(), nullptr), &std::free);
+  if (!real) throw_errno("resolve mount point", opts.mountpoint);
+  std::string path = real.get();
+  if (opts.nonempty) return path;
+  struct stat parent {};
+  if (path != "/" && ::stat((path + "/..").c_str(), &parent) == 0 &&
+      (parent.st_dev != st.st_dev || parent.st_ino == st.st_ino))
+    throw UsageError(
+        fmt::format("{} is already a mount point (unmount it first, or -o nonempty to mount over it)", path));
+  std::unique_ptr<DIR, DirCloser> dir(::opendir(path.c_str()));
+  if (!dir) throw_errno("open mount point", path);
+  errno = 0;
+  while (const dirent *e = ::readdir(dir.get())) {
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+    throw UsageError(fmt::format("{} is not empty (it holds {}; -o nonempty mounts over it anyway)", path, e->d_name));
+  }
+  return path;
+}
+
+int serve(const Options &opts) {
+  // Everything that can fail for a reason the user can fix is checked before mounting.
+  const std::string mountpoint = checked_mountpoint(opts);
   if (::access("/dev/fuse", R_OK | W_OK) != 0)
     throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
   // Validates header, footer, root digest and the whole index, then the signatures over the root:
@@ -164,9 +196,9 @@ int serve(const Options &opts) {
       fuse_session_new(args.get(), &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &fs));
   if (!se) throw UsageError("libfuse refused the mount options (see the message above)");
   if (fuse_set_signal_handlers(se.get()) != 0) throw InternalError("cannot install signal handlers");
-  if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
+  if (fuse_session_mount(se.get(), mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se.get());
-    throw IoError(fmt::format("cannot mount on {} (see the message above)", opts.mountpoint), EIO);
+    throw IoError(fmt::format("cannot mount on {} (see the message above)", mountpoint), EIO);
   }
   // The parent exits only after this: by then the mount is in place.
   if (fuse_daemonize(opts.foreground ? 1 : 0) != 0) {
@@ -182,7 +214,9 @@ int serve(const Options &opts) {
     ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
     fs.set_daemonized(true);
     notices->daemonized = true;
-    ::syslog(LOG_INFO, "mounted %s on %s: %s", pkg->path().c_str(), opts.mountpoint.c_str(), decision.summary.c_str());
+    ::syslog(LOG_INFO, "mounted %s on %s: %s", pkg->path().c_str(), mountpoint.c_str(), decision.summary.c_str());
+  } else {
+    fmt::print(stderr, "mount.torshpkg: mounted {} at {}; Ctrl-C to unmount\n", pkg->path(), mountpoint);
   }
   fs.start(se.get());
   fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -193,7 +227,9 @@ int serve(const Options &opts) {
   fs.stop();
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
-  return rc == 0 ? kOk : kFailure;
+  // libfuse returns the number of the signal that ended the loop: SIGINT, SIGTERM and SIGHUP are
+  // how a foreground mount is meant to end, and the unmount above is clean.
+  return rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP ? kOk : kFailure;
 }
 
 // The one place where exceptions become exit codes: exit_code_for(), shared with torshpkg(1).

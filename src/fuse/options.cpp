@@ -32,6 +32,7 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
                   default /etc/torshpkg/trusted.d)
   -o pubkey=FILE  trust this public key (repeatable)
   -o allow_unsigned  mount a package that no trusted key signed
+  -o nonempty     mount over a directory that is not empty or is a mount point
   -o deps[=LOCK]  show the dependencies LOCK names (torshpkg resolve) under
                   MOUNTPOINT/.deps/NAME (default: torshpkg.lock beside PACKAGE)
 Remote packages (PACKAGE is an http:// or https:// URL, or s3://BUCKET/KEY):
@@ -123,6 +124,8 @@ void apply_option_list(Options &o, std::string_view list) {
     } else if (key == "deps") {
       if (eq != std::string::npos && value.empty()) throw UsageError("deps= needs a lock file (or plain 'deps')");
       o.deps_lock = value;
+    } else if (opt == "nonempty") {
+      o.nonempty = true;
     } else if (opt == "allow_unsigned") {
       o.allow_unsigned = true;
     } else if (opt == "unsafe_skip_chunk_digests") {

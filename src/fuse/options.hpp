@@ -24,6 +24,7 @@ struct Options {
   std::vector<std::string> trust_dirs;               // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
   std::vector<std::string> pubkeys;                  // -o pubkey=FILE (repeatable)
   bool allow_unsigned = false;                       // mount without a trusted signature
+  bool nonempty = false;                             // mount over a non-empty directory or a mount
   bool skip_chunk_digests = false;                   // benchmarking only: measure what lazy verification costs
   std::vector<std::string> fuse_options;             // passed to libfuse: allow_other, fsname=, ...
   // Remote packages (http://, https://)

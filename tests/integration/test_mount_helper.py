@@ -220,7 +220,73 @@ def main():
             rc = p.wait()
         h.check("-f: fusermount3 -u ends the foreground process with exit 0", r.returncode == 0 and rc == 0,
                 f"fusermount3 exit {r.returncode}, mount.torshpkg exit {rc}")
+        log.seek(0)
+        out = log.read().decode("utf-8", "replace")
+        h.check("-f: says where it is mounted and how to end it", f"at {os.path.realpath(mnt)}; Ctrl-C to unmount" in out,
+                tail(out))
         log.close()
+
+        # A relative mount point, ended by SIGINT (Ctrl-C) and SIGTERM: the daemon must still find
+        # its mount after changing directory, leaving no dead "Transport endpoint" mount, exit 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            p = subprocess.Popen([MOUNT, pkg, os.path.basename(mnt), "-f", "-o", "allow_unsigned"],
+                                 cwd=os.path.dirname(mnt), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 15
+            while not os.path.ismount(mnt) and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.05)
+            up = os.path.ismount(mnt)
+            p.send_signal(sig)
+            try:
+                rc = p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+            err = p.stderr.read().decode("utf-8", "replace")
+            p.stderr.close()
+            gone = wait_gone(mnt)
+            h.check(f"-f on a relative mount point, {signal.Signals(sig).name}: exit 0, unmounted (no dead mount)",
+                    up and rc == 0 and gone, f"mounted {up}, exit {rc}, gone {gone}: {tail(err)}")
+            if not gone:
+                h.unmount(mnt)
+        r = h.run([MOUNT, pkg, os.path.basename(mnt), "-o", "allow_unsigned"], cwd=os.path.dirname(mnt), timeout=30)
+        h.mounts.append(mnt)
+        pids = mount_procs(os.path.basename(mnt))
+        if h.check("a daemon on a relative mount point", r.returncode == 0 and os.path.ismount(mnt) and len(pids) == 1,
+                   f"exit {r.returncode}, pids {pids}: {tail(r.stderr)}"):
+            os.kill(pids[0], signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while (is_mounted(mnt) or mount_procs(os.path.basename(mnt))) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            h.check("SIGTERM to it unmounts (no dead mount) and ends it",
+                    not is_mounted(mnt) and not mount_procs(os.path.basename(mnt)))
+        h.unmount(mnt)
+
+        h.section("non-empty mount points and stacked mounts")
+        full = os.path.join(h.tmp, "full-dir")
+        os.makedirs(full, exist_ok=True)
+        with open(os.path.join(full, "precious.txt"), "w") as f:
+            f.write("keep me visible\n")
+        p = subprocess.run([MOUNT, pkg, full, "-o", "allow_unsigned"], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        err = p.stderr.decode("utf-8", "replace")
+        if os.path.ismount(full):
+            h.mounts.append(full)
+            h.unmount(full)
+        h.check("a non-empty mount point is refused: exit 2, the message names it and -o nonempty",
+                p.returncode == 2 and "not empty" in err and "nonempty" in err and not os.path.ismount(full), tail(err))
+        rc, log = h.mount(pkg, full, "-o", "nonempty")
+        h.check("-o nonempty mounts over it", rc == 0 and os.path.ismount(full), f"exit {rc}: {tail(log)}")
+        h.unmount(full)
+        rc, log = h.mount(pkg, mnt)
+        if h.check("mount for the stacking check", rc == 0 and os.path.ismount(mnt), f"exit {rc}: {tail(log)}"):
+            p = subprocess.run([MOUNT, pkg, mnt, "-o", "allow_unsigned"], capture_output=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+            err = p.stderr.decode("utf-8", "replace")
+            h.check("mounting twice on the same directory is refused: exit 2, 'already a mount point', one daemon",
+                    p.returncode == 2 and "already a mount point" in err and len(mount_procs(mnt)) == 1, tail(err))
+        h.unmount(mnt)
+        wait_gone(mnt)
 
         rc, log = h.mount(pkg, mnt)
         pids = mount_procs(mnt)
