@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "torshpkg/digest.hpp"
@@ -57,5 +59,51 @@ PackResult pack(const PackOptions &opts);
 // signature block and the footer at the tail of the file; chunk data and index are not touched.
 // `output`: write a signed copy there instead of changing `path` in place.
 void sign_package(const std::string &path, const PrivateKey &key, const std::string &output = {});
+
+// --- What `torshpkg pack` asks beyond PackOptions: the output policy (--force, "-" for standard
+// output), symbolic links (-L, the Hugging Face cache layout) and --dry-run.
+// "-o -": the package goes to standard output.
+inline constexpr std::string_view kStdoutName = "-";
+
+enum class Dereference : std::uint8_t {
+  kAuto,    // follow symlinks only when the source is a Hugging Face cache snapshot (and say so)
+  kAlways,  // -L: store what every symlink points to, as a regular file or directory
+  kNever,   // --no-dereference: keep every symlink a symlink
+};
+
+struct PackExtras {
+  Dereference dereference = Dereference::kAuto;
+  bool force = false;                             // replace an existing output file
+  std::function<void(const std::string &)> note;  // one-line notices (the cache layout detected)
+};
+
+// One entry that a pack would store, for --dry-run.
+struct PlannedEntry {
+  enum class Type : std::uint8_t { kFile, kDirectory, kSymlink };
+  std::string path;  // relative to the source, '/'-separated; "" is the root
+  Type type = Type::kFile;
+  std::uint64_t size = 0;
+  std::string kind;         // files: the manifest's kind (weights, config, ...)
+  std::string link_target;  // symlinks, and files or directories stored in place of one (-L)
+  bool dereferenced = false;
+};
+
+struct PackPlan {
+  std::vector<PlannedEntry> entries;  // in package order, the root first
+  // Each --exclude pattern, in order, with the paths it matched (an excluded directory's contents
+  // are not looked at, so they are not listed).
+  std::vector<std::pair<std::string, std::vector<std::string>>> excluded;
+  std::vector<std::string> left_out;  // the output and its temporary files, found inside the source
+  bool dereferencing = false;         // symlinks are followed (-L, or a Hugging Face cache snapshot)
+};
+
+// pack(opts) plus `extras`. pack(opts) itself replaces an existing output, as it always did.
+PackResult pack(const PackOptions &opts, const PackExtras &extras);
+// Everything pack(opts, extras) checks before writing (options, output, tree, --strict), then what
+// it would store; creates, writes and removes nothing.
+PackPlan plan_pack(const PackOptions &opts, const PackExtras &extras);
+// The checks of the output alone (exists without force, a directory, a directory that does not
+// exist or is not writable, a terminal or pipe for "-"), for callers that do slow work first.
+void check_pack_output(const PackOptions &opts, const PackExtras &extras);
 
 }  // namespace torshpkg

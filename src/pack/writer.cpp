@@ -37,9 +37,11 @@ namespace {
 
 struct Node {
   std::string name;
-  std::string rel;  // path relative to the source root
-  struct stat st {};
+  std::string rel;     // path relative to the source root
+  std::string source;  // where a file's bytes are read from (opened with O_NOFOLLOW): a real path
+  struct stat st {};   // of the entry, or of what it points to when `followed`
   std::string link_target;
+  bool followed = false;              // a symlink stored as the file or directory it points to (-L)
   std::vector<std::size_t> children;  // indices into the walk's node list, sorted by name
   std::uint32_t parent = 0;
   std::uint32_t ino = 0;
@@ -53,12 +55,68 @@ struct DigestHash {
   }
 };
 
-// Unlinks the temporary output unless committed, so a failed or interrupted pack leaves nothing.
-bool excluded(const std::vector<std::string> &globs, const std::string &rel, const std::string &name) {
-  return std::any_of(globs.begin(), globs.end(), [&](const std::string &g) {
-    return ::fnmatch(g.c_str(), rel.c_str(), FNM_PATHNAME) == 0 || ::fnmatch(g.c_str(), name.c_str(), 0) == 0;
-  });
+bool matches(const std::string &glob, const std::string &rel, const std::string &name) {
+  return ::fnmatch(glob.c_str(), rel.c_str(), FNM_PATHNAME) == 0 || ::fnmatch(glob.c_str(), name.c_str(), 0) == 0;
 }
+
+// Whether a symlink at `rel` pointing to `target` resolves outside the tree, reading the target
+// lexically as the mount will (an absolute target never points into the package).
+bool leaves_tree(std::string_view rel, std::string_view target) {
+  if (target.starts_with('/')) return true;
+  auto depth = static_cast<std::size_t>(std::count(rel.begin(), rel.end(), '/'));  // of the link's directory
+  for (std::size_t pos = 0; pos <= target.size();) {
+    const std::size_t end = std::min(target.find('/', pos), target.size());
+    const auto part = target.substr(pos, end - pos);
+    if (part == "..") {
+      if (depth == 0) return true;
+      --depth;
+    } else if (!part.empty() && part != ".") {
+      ++depth;
+    }
+    pos = end + 1;
+  }
+  return false;
+}
+
+// A Hugging Face hub cache snapshot, .../models--ORG--NAME/snapshots/REV, whose files are symlinks
+// into ../../blobs: packed as links they would all dangle.
+bool hf_cache_snapshot(const std::string &dir) {
+  std::error_code ec;
+  const auto real = std::filesystem::canonical(dir, ec);
+  if (ec) return false;
+  const auto snapshots = real.parent_path(), repo = snapshots.parent_path();
+  const auto repo_name = repo.filename().string();
+  // datasets-- and spaces-- repositories share the layout.
+  const bool repo_dir =
+      repo_name.starts_with("models--") || repo_name.starts_with("datasets--") || repo_name.starts_with("spaces--");
+  return snapshots.filename() == "snapshots" && repo_dir && std::filesystem::is_directory(repo / "blobs", ec);
+}
+
+bool same_file(const struct stat &a, const struct stat &b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// The output as the walk must leave it out: in its directory, its name and NAME.tmp.* (the temporary
+// files of this pack and of interrupted ones); anywhere, the files it is (by device and inode: a
+// hard link, a symlink followed with -L, standard output redirected into the tree).
+struct OutputSkip {
+  std::optional<struct stat> dir;
+  std::string name;
+  std::vector<struct stat> files;
+  [[nodiscard]] bool by_name(const struct stat &parent, const std::string &nm) const {
+    return dir && same_file(*dir, parent) && (nm == name || nm.starts_with(name + ".tmp."));
+  }
+  [[nodiscard]] bool by_id(const struct stat &st) const {
+    return S_ISREG(st.st_mode) &&
+           std::any_of(files.begin(), files.end(), [&](const struct stat &f) { return same_file(f, st); });
+  }
+};
+
+struct WalkRules {
+  bool dereference = false;  // -L, or a Hugging Face cache snapshot
+  OutputSkip skip;
+  PackPlan *plan = nullptr;  // --dry-run: records what each --exclude matched and what was left out
+};
 
 std::string read_link(const std::string &path, std::size_t size_hint) {
   std::string buf(std::max<std::size_t>(size_hint, 64) + 1, '\0');
@@ -74,9 +132,13 @@ std::string read_link(const std::string &path, std::size_t size_hint) {
 // consecutive inodes, sorted by name.
 class Walker {
  public:
-  Walker(const PackOptions &o) : opts_(o) {}
+  Walker(const PackOptions &o, const WalkRules &r) : opts_(o), rules_(r) {
+    if (rules_.plan)
+      for (const auto &g : opts_.excludes) rules_.plan->excluded.emplace_back(g, std::vector<std::string>{});
+  }
   std::vector<Node> walk() {
     Node root;
+    root.source = opts_.source_dir;
     if (::lstat(opts_.source_dir.c_str(), &root.st) != 0) throw_errno("stat", opts_.source_dir);
     if (!S_ISDIR(root.st.st_mode)) throw UsageError(opts_.source_dir + " is not a directory");
     nodes_.push_back(std::move(root));
@@ -106,25 +168,91 @@ class Walker {
     std::sort(names.begin(), names.end());
     for (auto &nm : names) {
       const std::string rel = nodes_[idx].rel.empty() ? nm : nodes_[idx].rel + "/" + nm;
-      if (excluded(opts_.excludes, rel, nm)) continue;
+      if (excluded(rel, nm)) continue;
+      if (rules_.skip.by_name(nodes_[idx].st, nm)) {
+        left_out(rel);
+        continue;
+      }
       if (auto why = name_problem(nm)) throw UsageError(fmt::format("{}: cannot pack this name: {}", full(rel), *why));
       if (idx == 0 && nm == format::kReservedRootName)
         throw UsageError(full(rel) + ": the name .torshpkg is reserved at the package root");
       Node n;
       n.name = nm;
       n.rel = rel;
+      n.source = full(rel);
       n.parent = static_cast<std::uint32_t>(idx);
       if (::lstat(full(rel).c_str(), &n.st) != 0) throw_errno("stat", full(rel));
       if (S_ISLNK(n.st.st_mode)) {
         n.link_target = read_link(full(rel), static_cast<std::size_t>(n.st.st_size));
-        if (auto why = symlink_problem(n.link_target)) throw UsageError(fmt::format("{}: {}", full(rel), *why));
+        std::optional<std::string> not_followed;
+        if (rules_.dereference) not_followed = follow(n, idx);
+        if (!n.followed) check_link(n, not_followed);
       } else if (!S_ISDIR(n.st.st_mode) && !S_ISREG(n.st.st_mode)) {
         if (opts_.warn) opts_.warn(fmt::format("skipping {}: not a regular file, directory or symlink", full(rel)));
+        continue;
+      }
+      if (rules_.skip.by_id(n.st)) {
+        left_out(rel);
         continue;
       }
       nodes_[idx].children.push_back(nodes_.size());
       nodes_.push_back(std::move(n));
     }
+  }
+  bool excluded(const std::string &rel, const std::string &name) {
+    bool any = false;
+    for (std::size_t i = 0; i < opts_.excludes.size(); ++i) {
+      if (!matches(opts_.excludes[i], rel, name)) continue;
+      if (!rules_.plan) return true;
+      any = true;  // a dry run lists every pattern that matched
+      rules_.plan->excluded[i].second.push_back(rel);
+    }
+    return any;
+  }
+  void left_out(const std::string &rel) {
+    if (rules_.plan) rules_.plan->left_out.push_back(rel);
+  }
+  // -L: makes `n` the regular file or directory its link points to. Returns why it cannot (a
+  // dangling link, a device, ...): the link is then kept.
+  std::optional<std::string> follow(Node &n, std::size_t parent) {
+    struct stat t {};
+    if (::stat(n.source.c_str(), &t) != 0) return std::string(std::strerror(errno));
+    if (S_ISDIR(t.st_mode)) {
+      for (std::size_t a = parent;; a = nodes_[a].parent) {
+        if (same_file(nodes_[a].st, t))
+          throw UsageError(fmt::format("{} -> {}: a symlink loop (it points to {}), which -L cannot store", n.source,
+                                       n.link_target, full(nodes_[a].rel)));
+        if (a == 0) break;
+      }
+    } else if (S_ISREG(t.st_mode)) {
+      // A real path, so that the packer and the format checks can open it with O_NOFOLLOW.
+      std::unique_ptr<char, decltype(&std::free)> real(::realpath(n.source.c_str(), nullptr), &std::free);
+      if (!real) return std::string(std::strerror(errno));
+      n.source = real.get();
+    } else {
+      return std::string("it points to a device, FIFO or socket");
+    }
+    n.st = t;
+    n.followed = true;
+    return std::nullopt;
+  }
+  // A symlink kept as a link: a target outside the tree will dangle once packed.
+  void check_link(const Node &n, const std::optional<std::string> &not_followed) const {
+    if (auto why = symlink_problem(n.link_target)) throw UsageError(fmt::format("{}: {}", n.source, *why));
+    const bool leaves = leaves_tree(n.rel, n.link_target);
+    if (!leaves && !not_followed) return;
+    std::string msg = leaves ? fmt::format("{} -> {} points outside {}: it will dangle in the package", n.source,
+                                           n.link_target, opts_.source_dir)
+                             : fmt::format("{} -> {}", n.source, n.link_target);
+    struct stat t {};
+    if (not_followed)
+      msg += fmt::format(" (-L cannot follow it: {}; kept as a symlink)", *not_followed);
+    else if (::stat(n.source.c_str(), &t) != 0)
+      msg += " (it dangles here too)";  // -L could not help: no point suggesting it
+    else
+      msg += "; -L (--dereference) stores the file it points to instead";
+    if (leaves && opts_.strict) throw UsageError("--strict: " + msg);
+    if (opts_.warn) opts_.warn(msg);
   }
   std::uint32_t depth_of(std::size_t idx) const {
     std::uint32_t d = 0;
@@ -136,6 +264,7 @@ class Walker {
   }
 
   const PackOptions &opts_;
+  const WalkRules &rules_;
   std::vector<Node> nodes_;
 };
 
@@ -317,21 +446,214 @@ std::optional<std::time_t> source_date_epoch() {
   return static_cast<std::time_t>(v);
 }
 
+// What is known of the output before anything is read; the dry run stops here.
+struct OutputTarget {
+  bool to_stdout = false;
+  bool seekable = true;  // the header can be rewritten in place once the chunks are written
+  std::string dir;       // the directory the output goes in
+  std::string name;      // its base name
+  std::optional<struct stat> existing;
+};
+
+// Refuses, before anything is read or compressed, an output that cannot or must not be written.
+OutputTarget check_output(const PackOptions &o, bool force) {
+  OutputTarget t;
+  if (o.output == kStdoutName) {
+    t.to_stdout = true;
+    if (::isatty(STDOUT_FILENO))
+      throw UsageError("refusing to write a package to a terminal: redirect standard output, or give -o FILE");
+    struct stat st {};
+    if (::fstat(STDOUT_FILENO, &st) != 0) throw_errno("stat", "standard output");
+    // O_APPEND makes pwrite() append on Linux: no rewriting the header there either.
+    const int flags = ::fcntl(STDOUT_FILENO, F_GETFL);
+    t.seekable = S_ISREG(st.st_mode) && flags >= 0 && !(flags & O_APPEND) && ::lseek(STDOUT_FILENO, 0, SEEK_CUR) >= 0;
+    if (!t.seekable && o.filters)
+      throw UsageError(
+          "cannot write a package to a pipe/stdout: standard output is not a seekable file, and with --filters auto "
+          "the packer rewrites the header after the chunks (to declare the filters it used); add --filters none "
+          "to stream the package, or give -o FILE");
+    if (S_ISREG(st.st_mode)) t.existing = st;  // redirected into a file, perhaps inside the tree
+    return t;
+  }
+  if (o.output.ends_with('/')) throw UsageError(fmt::format("-o {}: give the package's file name", o.output));
+  const std::filesystem::path path(o.output);
+  t.dir = path.has_parent_path() ? path.parent_path().string() : std::string(".");
+  t.name = path.filename().string();
+  struct stat st {};
+  if (::lstat(o.output.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode))
+      throw UsageError(fmt::format("{} is a directory; give the package's file name, e.g. -o {}", o.output,
+                                   (path / "NAME.tpkg").string()));
+    if (!force) throw UsageError(o.output + " exists; use --force to replace it");
+    t.existing = st;
+  } else if (errno != ENOENT) {
+    throw_errno("stat", o.output);
+  }
+  struct stat d {};
+  if (::stat(t.dir.c_str(), &d) != 0) throw_errno("use the output directory", t.dir);
+  if (!S_ISDIR(d.st_mode)) throw_errno("use the output directory", t.dir, ENOTDIR);
+  if (::access(t.dir.c_str(), W_OK | X_OK) != 0) throw_errno("write in the output directory", t.dir);
+  return t;
+}
+
+OutputSkip skip_for(const OutputTarget &t, const UniqueFd &temp) {
+  OutputSkip s;
+  if (!t.to_stdout) {
+    struct stat d {};
+    if (::stat(t.dir.c_str(), &d) == 0) s.dir = d;
+    s.name = t.name;
+  }
+  if (t.existing) s.files.push_back(*t.existing);
+  struct stat st {};
+  if (temp && ::fstat(temp.get(), &st) == 0) s.files.push_back(st);
+  return s;
+}
+
+// Renames `from` to `to` unless `to` exists: without --force a file made there meanwhile is kept.
+void rename_new(const std::string &from, const std::string &to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return;
+  if (errno == EEXIST) throw UsageError(to + " was created while packing; use --force to replace it");
+  if (errno != EINVAL && errno != ENOSYS) throw_errno("rename to " + to, from);
+  // No RENAME_NOREPLACE on this file system: link() refuses an existing name as well.
+  if (::link(from.c_str(), to.c_str()) == 0) {
+    ::unlink(from.c_str());
+    return;
+  }
+  if (errno == EEXIST) throw UsageError(to + " was created while packing; use --force to replace it");
+  if (errno != EPERM && errno != EOPNOTSUPP) throw_errno("rename to " + to, from);
+  // Nor hard links (vfat, some FUSE file systems): check, then rename.
+  struct stat st {};
+  if (::lstat(to.c_str(), &st) == 0) throw UsageError(to + " was created while packing; use --force to replace it");
+  if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename to " + to, from);
+}
+
+// The package's destination: a temporary file beside FILE, synced and renamed into place by
+// commit() and removed otherwise (a failed or interrupted pack leaves nothing), or standard output.
+// Made before the walk, so that an unwritable output fails before anything is read.
+class Output {
+ public:
+  Output(const PackOptions &o, bool force) : target_(check_output(o, force)), final_(o.output), force_(force) {
+    if (target_.to_stdout) {
+      fd_ = STDOUT_FILENO;
+      if (target_.seekable) base_ = static_cast<std::uint64_t>(::lseek(STDOUT_FILENO, 0, SEEK_CUR));
+    } else {
+      std::string templ = final_ + ".tmp.XXXXXX";
+      const int fd = ::mkstemp(templ.data());
+      if (fd < 0) throw_errno("create", templ);
+      temp_.reset(fd);
+      tmp_ = templ;
+      fd_ = fd;
+      ::fchmod(fd, 0644);
+    }
+    skip_ = skip_for(target_, temp_);
+  }
+  ~Output() {
+    if (!tmp_.empty() && !committed_) ::unlink(tmp_.c_str());
+  }
+  Output(const Output &) = delete;
+  Output &operator=(const Output &) = delete;
+
+  [[nodiscard]] int fd() const noexcept { return fd_; }
+  [[nodiscard]] bool seekable() const noexcept { return target_.seekable; }
+  [[nodiscard]] std::uint64_t base() const noexcept { return base_; }  // where the package starts in fd()
+  [[nodiscard]] std::string name() const { return target_.to_stdout ? "standard output" : final_; }
+  [[nodiscard]] const OutputSkip &skip() const noexcept { return skip_; }
+
+  void commit() {
+    if (target_.to_stdout) {
+      // A pipe cannot be synced; a file can, like any other output.
+      if (target_.seekable && ::fsync(fd_) != 0) throw_errno("fsync", name());
+      return;
+    }
+    if (::fsync(fd_) != 0) throw_errno("fsync", tmp_);
+    temp_.reset();
+    if (force_) {
+      if (::rename(tmp_.c_str(), final_.c_str()) != 0) throw_errno("rename to " + final_, tmp_);
+    } else {
+      rename_new(tmp_, final_);
+    }
+    committed_ = true;
+    UniqueFd d(::open(target_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (d) ::fsync(d.get());  // makes the rename durable; failing here loses nothing already written
+  }
+
+ private:
+  OutputTarget target_;
+  std::string final_, tmp_;
+  bool force_;
+  UniqueFd temp_;
+  int fd_ = -1;
+  std::uint64_t base_ = 0;
+  OutputSkip skip_;
+  bool committed_ = false;
+};
+
+// -L, --no-dereference, or (by default) whether the source is a Hugging Face cache snapshot.
+bool dereference_for(const PackOptions &o, const PackExtras &x) {
+  if (x.dereference != Dereference::kAuto) return x.dereference == Dereference::kAlways;
+  if (!hf_cache_snapshot(o.source_dir)) return false;
+  if (x.note)
+    x.note(
+        fmt::format("{} is a Hugging Face cache snapshot: storing the files its symlinks point to, as -L does "
+                    "(--no-dereference keeps the links)",
+                    o.source_dir));
+  return true;
+}
+
+// Recognises model formats in the walked tree (model_formats.hpp) before any data is written, so
+// that --strict fails fast; the result goes into the manifest's "formats".
+nlohmann::ordered_json analyse_model_formats(const PackOptions &opts, const std::vector<Node> &nodes) {
+#if !TORSHPKG_WITH_ANALYSIS
+  // Built with -Danalysis=disabled: the manifest's "formats" stays empty.
+  (void)nodes;
+  if (opts.strict) throw UsageError("--strict needs the model-format analysis, which this build does not include");
+  return nlohmann::ordered_json::object();
+#else
+  std::vector<TreeEntry> entries;
+  entries.reserve(nodes.size());
+  for (const auto &n : nodes) {
+    TreeEntry e;
+    e.path = n.rel;
+    e.source = n.source;
+    e.type = S_ISDIR(n.st.st_mode)   ? TreeEntry::Type::kDirectory
+             : S_ISLNK(n.st.st_mode) ? TreeEntry::Type::kSymlink
+                                     : TreeEntry::Type::kFile;
+    e.size = S_ISREG(n.st.st_mode) ? static_cast<std::uint64_t>(n.st.st_size) : 0;
+    if (S_ISLNK(n.st.st_mode)) e.link_target = n.link_target;
+    entries.push_back(std::move(e));
+  }
+  auto a = analyse_formats(entries, opts.cancel);
+  if (opts.warn) {
+    for (const auto &p : a.problems) opts.warn(p);
+    for (const auto &p : a.notes) opts.warn(p);
+  }
+  if (opts.strict && !a.problems.empty())
+    throw UsageError(fmt::format("--strict: {} model format problem{} found, the first: {}", a.problems.size(),
+                                 a.problems.size() == 1 ? "" : "s", a.problems.front()));
+  return std::move(a.formats);
+#endif
+}
+
 class Packer {
  public:
-  explicit Packer(const PackOptions &o)
+  Packer(const PackOptions &o, const PackExtras &x)
       : opts_(o),
+        extras_(x),
         chunk_size_(1u << o.chunk_shift),
         pool_(o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {}
 
   PackResult run() {
-    nodes_ = Walker(opts_).walk();
+    Output out(opts_, extras_.force);  // before the walk: the tree it lives in must leave it out
+    out_name_ = out.name();
+    WalkRules rules;
+    rules.dereference = dereference_for(opts_, extras_);
+    rules.skip = out.skip();
+    nodes_ = Walker(opts_, rules).walk();
     for (const auto &n : nodes_)
       if (S_ISREG(n.st.st_mode))
         progress_.bytes_total += static_cast<std::uint64_t>(n.st.st_size), ++progress_.files_total;
-    analyse_model_formats();
+    formats_json_ = analyse_model_formats(opts_, nodes_);
 
-    TempOutput out(opts_.output);
     fd_ = out.fd();
     format::Header header;
     header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
@@ -353,7 +675,9 @@ class Packer {
       header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
       header.incompat_flags |= format::incompat::kFilters;
       format::encode(header, std::span(header_bytes_));
-      if (::pwrite(fd_, header_bytes_.data(), header_bytes_.size(), 0) != static_cast<ssize_t>(header_bytes_.size()))
+      if (!out.seekable()) throw InternalError("filtered chunks in a package streamed to a pipe");
+      if (::pwrite(fd_, header_bytes_.data(), header_bytes_.size(), static_cast<off_t>(out.base())) !=
+          static_cast<ssize_t>(header_bytes_.size()))
         throw_errno("write", out_name());
     }
     write_index();
@@ -363,38 +687,7 @@ class Packer {
   }
 
  private:
-  std::string out_name() const { return opts_.output; }
-  // Recognises model formats in the walked tree (model_formats.hpp) before any data is written, so
-  // that --strict fails fast; the result goes into the manifest's "formats".
-  void analyse_model_formats() {
-#if !TORSHPKG_WITH_ANALYSIS
-    // Built with -Danalysis=disabled: the manifest's "formats" stays empty.
-    if (opts_.strict) throw UsageError("--strict needs the model-format analysis, which this build does not include");
-#else
-    std::vector<TreeEntry> entries;
-    entries.reserve(nodes_.size());
-    for (const auto &n : nodes_) {
-      TreeEntry e;
-      e.path = n.rel;
-      e.source = n.rel.empty() ? opts_.source_dir : opts_.source_dir + "/" + n.rel;
-      e.type = S_ISDIR(n.st.st_mode)   ? TreeEntry::Type::kDirectory
-               : S_ISLNK(n.st.st_mode) ? TreeEntry::Type::kSymlink
-                                       : TreeEntry::Type::kFile;
-      e.size = S_ISREG(n.st.st_mode) ? static_cast<std::uint64_t>(n.st.st_size) : 0;
-      e.link_target = n.link_target;
-      entries.push_back(std::move(e));
-    }
-    auto a = analyse_formats(entries, opts_.cancel);
-    if (opts_.warn) {
-      for (const auto &p : a.problems) opts_.warn(p);
-      for (const auto &p : a.notes) opts_.warn(p);
-    }
-    if (opts_.strict && !a.problems.empty())
-      throw UsageError(fmt::format("--strict: {} model format problem{} found, the first: {}", a.problems.size(),
-                                   a.problems.size() == 1 ? "" : "s", a.problems.front()));
-    formats_json_ = std::move(a.formats);
-#endif
-  }
+  const std::string &out_name() const { return out_name_; }
 
   void check_cancel() const {
     if (opts_.cancel && opts_.cancel->load()) throw Interrupted();
@@ -409,7 +702,7 @@ class Packer {
   }
 
   void pack_file(const Node &n) {
-    const std::string path = opts_.source_dir + "/" + n.rel;
+    const std::string &path = n.source;
     UniqueFd fd = open_read(path, O_NOFOLLOW);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path);
@@ -600,6 +893,8 @@ class Packer {
   }
 
   const PackOptions &opts_;
+  const PackExtras &extras_;
+  std::string out_name_;
   const std::uint32_t chunk_size_;
   const std::optional<std::time_t> epoch_ = source_date_epoch();
   ThreadPool pool_;
@@ -625,9 +920,8 @@ class Packer {
   std::chrono::steady_clock::time_point last_report_{};
 };
 
-}  // namespace
-
-PackResult pack(const PackOptions &in) {
+// The options with their defaults filled in, or a UsageError before any work.
+PackOptions normalised(const PackOptions &in, bool need_output) {
   PackOptions o = in;
   while (o.source_dir.size() > 1 && o.source_dir.back() == '/') o.source_dir.pop_back();
   if (o.name.empty()) {
@@ -642,7 +936,7 @@ PackResult pack(const PackOptions &in) {
     throw UsageError(fmt::format("version '{}' is not a semantic version (MAJOR.MINOR.PATCH)", o.version));
   if (o.chunk_shift < format::kMinChunkShift || o.chunk_shift > format::kMaxChunkShift)
     throw UsageError("chunk size must be a power of two from 64 KiB to 4 MiB");
-  if (o.output.empty()) throw UsageError("no output file given (-o FILE)");
+  if (need_output && o.output.empty()) throw UsageError("no output file given (-o FILE, or -o - for standard output)");
   (void)ChunkEncoder(o.level);  // rejects a bad level before any work
   auto check_text = [](std::string_view what, const std::string &v) {
     if (!valid_utf8(v)) throw UsageError(fmt::format("{} is not valid UTF-8", what));
@@ -650,7 +944,58 @@ PackResult pack(const PackOptions &in) {
   check_text("--description", o.description);
   check_text("--license", o.license);
   for (const auto &a : o.authors) check_text("--author", a);
-  return Packer(o).run();
+  return o;
+}
+
+}  // namespace
+
+// The library's callers always had an existing output replaced: they keep that.
+PackResult pack(const PackOptions &in) {
+  PackExtras x;
+  x.force = true;
+  return pack(in, x);
+}
+
+PackResult pack(const PackOptions &in, const PackExtras &extras) {
+  const PackOptions o = normalised(in, true);
+  return Packer(o, extras).run();
+}
+
+void check_pack_output(const PackOptions &opts, const PackExtras &extras) {
+  if (opts.output.empty()) throw UsageError("no output file given (-o FILE, or -o - for standard output)");
+  (void)check_output(opts, extras.force);
+}
+
+PackPlan plan_pack(const PackOptions &in, const PackExtras &extras) {
+  const PackOptions o = normalised(in, false);
+  PackPlan plan;
+  WalkRules rules;
+  if (!o.output.empty()) rules.skip = skip_for(check_output(o, extras.force), UniqueFd());
+  rules.plan = &plan;
+  rules.dereference = plan.dereferencing = dereference_for(o, extras);
+  const auto nodes = Walker(o, rules).walk();
+  (void)analyse_model_formats(o, nodes);  // its warnings, and --strict, as in a real run
+  for (const auto &n : nodes) {
+    auto &e = plan.entries.emplace_back();
+    e.path = n.rel;
+    e.link_target = n.link_target;
+    e.dereferenced = n.followed;
+    if (S_ISDIR(n.st.st_mode)) {
+      e.type = PlannedEntry::Type::kDirectory;
+    } else if (S_ISLNK(n.st.st_mode)) {
+      e.type = PlannedEntry::Type::kSymlink;
+      e.size = n.link_target.size();  // what the package records as a link's size
+    } else {
+      e.type = PlannedEntry::Type::kFile;
+      e.size = static_cast<std::uint64_t>(n.st.st_size);
+      // The kind comes from the name and the first bytes (a safetensors header, a zip, "#!").
+      std::array<std::uint8_t, 16> head{};
+      UniqueFd fd = open_read(n.source, O_NOFOLLOW);
+      const std::size_t got = read_full(fd.get(), head, n.source);
+      e.kind = std::string(format::kind_name(detect_kind(n.rel, std::span(head).first(got))));
+    }
+  }
+  return plan;
 }
 
 }  // namespace torshpkg
