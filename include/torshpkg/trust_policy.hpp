@@ -19,6 +19,36 @@ struct SignatureCheck {
 };
 [[nodiscard]] std::vector<SignatureCheck> check_signatures(const Package &pkg, const TrustStore &trust);
 
+// A key of a LoadedTrust and where it came from.
+struct TrustedKey {
+  KeyId id{};
+  std::string file;    // the .pub file it was read from
+  std::string origin;  // "key file", "trust directory DIR" or "default trust directory DIR"
+};
+// A TrustStore that can also say what it holds (TrustStore itself only answers find()): for
+// `torshpkg trust ls` and for the refusal of an untrusted package, which names the trusted keys.
+struct LoadedTrust : TrustStore {
+  std::vector<TrustedKey> keys;       // in load order, one per distinct key
+  std::vector<std::string> searched;  // the directories read, as origins ("trust directory /k")
+  bool default_missing = false;       // the default directory was used and does not exist
+  // "trusted keys: ID from FILE, ..." or "no key is trusted (...)": the tail of a refusal.
+  [[nodiscard]] std::string describe() const;
+};
+// TrustStore::from()'s rule (the named key files and directories, else the default directory,
+// which may be missing), except that a directory named explicitly must exist: `--trust /typo`
+// (or -o trust=/typo) is a UsageError, not a store without keys.
+[[nodiscard]] LoadedTrust load_trust_store(const std::vector<std::string> &pubkeys,
+                                           const std::vector<std::string> &dirs);
+
+// The *.pub regular files of a trust directory, sorted: the files TrustStore::add_dir() reads.
+[[nodiscard]] std::vector<std::string> trust_dir_files(const std::string &dir);
+
+// check_signatures() over a LoadedTrust: the checks, and who was trusted, for enforce_trust().
+struct SignatureChecks : std::vector<SignatureCheck> {
+  std::string trusted;  // LoadedTrust::describe()
+};
+[[nodiscard]] SignatureChecks check_signatures(const Package &pkg, const LoadedTrust &trust);
+
 // The policy, in one place for the driver and the CLI. Throws IntegrityError when a trusted key's
 // signature does not verify (the package changed after signing), and TrustError when no trusted
 // key signed it, unless `allow_untrusted`.
@@ -26,7 +56,12 @@ struct TrustDecision {
   bool trusted = false;  // a trusted key's signature verified
   std::string summary;   // "signed by trusted key ...", "not signed", "signed only by untrusted key ..."
 };
-TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted);
+// `trusted` (LoadedTrust::describe()), when given, ends the TrustError's message.
+TrustDecision enforce_trust(const Package &pkg, const std::vector<SignatureCheck> &checks, bool allow_untrusted,
+                            std::string_view trusted = {});
+inline TrustDecision enforce_trust(const Package &pkg, const SignatureChecks &checks, bool allow_untrusted) {
+  return enforce_trust(pkg, checks, allow_untrusted, checks.trusted);
+}
 
 // The refusal of a package that cannot be signed (a zip mounted in place) where unsigned ones are
 // not allowed.

@@ -33,6 +33,7 @@ void add_pull(CLI::App &app, Action &action);
 void add_tags(CLI::App &app, Action &action);
 void add_resolve(CLI::App &app, Action &action);
 void add_cache(CLI::App &app, Action &action);
+void add_trust(CLI::App &app, Action &action);
 
 // Shared helpers for the subcommands.
 [[nodiscard]] bool stderr_is_tty();
@@ -47,8 +48,9 @@ struct TrustArgs {
   [[nodiscard]] bool explicit_trust() const noexcept { return !pubkeys.empty() || !dirs.empty(); }
 };
 void add_trust_options(CLI::App *cmd, TrustArgs &args);
-// The named keys, or the default trust directory when none was named.
-[[nodiscard]] TrustStore load_trust(const TrustArgs &args);
+// The named keys, or the default trust directory when none was named; a named directory must
+// exist. Refusals built from it name the trusted keys (trust_policy.hpp).
+[[nodiscard]] LoadedTrust load_trust(const TrustArgs &args);
 // --mirror, --timeout, --retries, --cacert, --insecure, --cache-dir: for packages given as URLs.
 struct RemoteArgs {
   std::vector<std::string> mirrors;
@@ -67,7 +69,9 @@ inline constexpr unsigned kRemoteFetchers = 8;
 // --passphrase-file: its first line, without the newline; nullopt when not given.
 [[nodiscard]] std::optional<std::string> read_passphrase_file(const std::string &path);
 
-// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+// A one-line progress bar on stderr, drawn only when stderr is a terminal: as wide as the terminal
+// (80 columns when it cannot tell), redrawn at most 10 times a second (and at 100%), and with an
+// ETA only once the rate means something (after 1 s, or 2% done).
 class ProgressBar {
  public:
   explicit ProgressBar(std::string label);
@@ -80,6 +84,19 @@ class ProgressBar {
   bool enabled_;
   bool drawn_ = false;
   double start_;
+  double last_draw_ = 0;
 };
+// The line ProgressBar draws, `width` columns at most (no terminal control characters); the
+// ETA is left out while `eta` is false.
+[[nodiscard]] std::string progress_line(std::string_view label, std::uint64_t done, std::uint64_t total, double elapsed,
+                                        bool eta, std::size_t width);
+// Columns of the terminal on stderr (TIOCGWINSZ), else 80.
+[[nodiscard]] std::size_t stderr_columns();
+// "16.8M", "7.0B", "512": parameter counts as people say them.
+[[nodiscard]] std::string human_count(std::uint64_t n);
+// Optimal string alignment distance (edits and adjacent swaps): "did you mean" suggestions.
+[[nodiscard]] std::size_t edit_distance(std::string_view a, std::string_view b);
+// The candidate closest to `word`, when it is close enough to be a likely typo; "" otherwise.
+[[nodiscard]] std::string closest_match(std::string_view word, const std::vector<std::string> &candidates);
 
 }  // namespace torshpkg::cli

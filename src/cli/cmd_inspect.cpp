@@ -1,18 +1,24 @@
-// torshpkg inspect FILE [--json]
+// torshpkg inspect FILE [--json] [--tensors]
 #include <sys/stat.h>
 
 #include <fmt/format.h>
+#include <algorithm>
+#include <array>
+#include <cctype>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "cli.hpp"
-#include "torshpkg/open.hpp"
-#include "torshpkg/trust_policy.hpp"
 #include "torshpkg/codec.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/filter.hpp"
+#include "torshpkg/open.hpp"
 #include "torshpkg/package.hpp"
+#include "torshpkg/reader.hpp"
+#include "torshpkg/safetensors.hpp"
+#include "torshpkg/trust_policy.hpp"
 
 namespace torshpkg::cli {
 
@@ -72,7 +78,9 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   j["codecs"] = codecs;
   auto fj = nlohmann::ordered_json::object();
   for (const auto &[name, f] : filters)
-    fj[name] = {{"chunks", f.chunks}, {"raw_bytes", f.raw}, {"stored_bytes", f.stored},
+    fj[name] = {{"chunks", f.chunks},
+                {"raw_bytes", f.raw},
+                {"stored_bytes", f.stored},
                 {"ratio", f.raw ? static_cast<double>(f.stored) / static_cast<double>(f.raw) : 1.0}};
   j["filters"] = std::move(fj);
   j["raw_bytes"] = raw;
@@ -106,11 +114,37 @@ std::string joined(const nlohmann::ordered_json &a, std::size_t max = 8) {
   return out;
 }
 
+// "bf16", "fp32", "int8": the names people use for safetensors' BF16, F32, I8, ...
+std::string dtype_name(std::string_view st) {
+  std::string out;
+  if (st.starts_with("BF") || st == "BOOL")
+    out = st;
+  else if (st.starts_with('F'))
+    out = "FP" + std::string(st.substr(1));
+  else if (st.starts_with('I'))
+    out = "INT" + std::string(st.substr(1));
+  else if (st.starts_with('U'))
+    out = "UINT" + std::string(st.substr(1));
+  else
+    out = st;
+  for (auto &c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// "16.8M params, bf16" (dtypes by tensor count, most first), then the exact figures.
 std::string safetensors_line(const nlohmann::ordered_json &s) {
   std::string dt;
+  std::vector<std::pair<std::uint64_t, std::string>> by_count;
   if (s.contains("dtypes") && s["dtypes"].is_object())
-    for (const auto &[d, n] : s["dtypes"].items()) dt += fmt::format("{}{}x{}", dt.empty() ? "" : " ", n.dump(), d);
-  return fmt::format("{} tensors, {} parameters ({})", uint_or(s, "tensors"), uint_or(s, "parameters"), dt);
+    for (const auto &[d, n] : s["dtypes"].items()) {
+      dt += fmt::format("{}{}x{}", dt.empty() ? "" : " ", n.dump(), d);
+      by_count.emplace_back(n.is_number_unsigned() ? n.get<std::uint64_t>() : 0, dtype_name(d));
+    }
+  std::stable_sort(by_count.begin(), by_count.end(), [](const auto &a, const auto &b) { return a.first > b.first; });
+  std::string dtypes;
+  for (const auto &[n, d] : by_count) dtypes += (dtypes.empty() ? "" : "+") + d;
+  return fmt::format("{} tensors, {} parameters ({}); {} params{}", uint_or(s, "tensors"), uint_or(s, "parameters"), dt,
+                     human_count(uint_or(s, "parameters")), dtypes.empty() ? "" : ", " + dtypes);
 }
 
 // The manifest's "formats" (model_formats.hpp); returns the safetensors files shown as shards.
@@ -129,8 +163,8 @@ std::set<std::string> print_formats(const nlohmann::ordered_json &m) {
           what += fmt::format("{}{}", what.empty() ? "" : " ", h[k].get<std::string>());
       const std::string dir = str_or(h, "dir", ".");
       const auto n_shards = h.contains("shards") && h["shards"].is_array() ? h["shards"].size() : 0;
-      fmt::print("huggingface {}: {}; {} shard{}, {} parameters{}{}\n", dir.empty() ? "." : dir,
-                 what.empty() ? "-" : what, n_shards, n_shards == 1 ? "" : "s", uint_or(h, "parameters"),
+      fmt::print("huggingface {}: {}; {} shard{}, {} params{}{}\n", dir.empty() ? "." : dir, what.empty() ? "-" : what,
+                 n_shards, n_shards == 1 ? "" : "s", human_count(uint_or(h, "parameters")),
                  h.contains("index") && h["index"].is_string() ? ", index " + h["index"].get<std::string>() : "",
                  h.contains("tokenizer") && h["tokenizer"].is_array() && !h["tokenizer"].empty()
                      ? ", tokenizer " + joined(h["tokenizer"], 4)
@@ -241,9 +275,9 @@ void print_human(const nlohmann::ordered_json &j) {
     fmt::print("filter      {:<5} {} chunks, {} -> {} ({:.3f})\n", name, f["chunks"].get<std::uint64_t>(),
                human_bytes(f["raw_bytes"].get<std::uint64_t>()), human_bytes(f["stored_bytes"].get<std::uint64_t>()),
                f["ratio"].get<double>());
-  fmt::print("size        {} of files in {} ({:.3f}); dedup saved {}\n", human_bytes(j["raw_bytes"].get<std::uint64_t>()),
-             human_bytes(j["package_bytes"].get<std::uint64_t>()), j["ratio"].get<double>(),
-             human_bytes(j["dedup_saved_bytes"].get<std::uint64_t>()));
+  fmt::print("size        {} of files in {} ({:.3f}); dedup saved {}\n",
+             human_bytes(j["raw_bytes"].get<std::uint64_t>()), human_bytes(j["package_bytes"].get<std::uint64_t>()),
+             j["ratio"].get<double>(), human_bytes(j["dedup_saved_bytes"].get<std::uint64_t>()));
   if (!m.contains("files") || !m["files"].is_object()) return;
   std::map<std::string, std::uint64_t> kinds;
   for (const auto &[path, f] : m["files"].items()) {
@@ -259,22 +293,128 @@ void print_human(const nlohmann::ordered_json &j) {
   }
 }
 
+// One tensor of a safetensors header.
+struct Tensor {
+  std::string name, dtype;
+  std::vector<std::uint64_t> shape;
+  std::uint64_t params = 0, begin = 0;
+};
+
+// The tensors of the safetensors file `ino`, in file order; nullopt when it is not one. Reads the
+// header only (8 bytes, then the JSON), through the verifying reader.
+std::optional<std::vector<Tensor>> read_tensors(Reader &reader, std::uint32_t ino) {
+  const auto &pkg = reader.package();
+  const auto size = pkg.inode(ino).size;
+  std::array<std::uint8_t, 8> len_bytes{};
+  if (size < 8 || reader.read(ino, 0, len_bytes) != 8) return std::nullopt;
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = n << 8 | len_bytes[static_cast<std::size_t>(i)];
+  if (n > kMaxSafetensorsHeader || n > size - 8) return std::nullopt;
+  std::vector<std::uint8_t> head(8 + n);
+  if (reader.read(ino, 0, head) != head.size()) return std::nullopt;
+  // The same bounds checks as at pack time (offsets inside the data, no overlaps): FormatError.
+  if (!parse_safetensors(head, size)) return std::nullopt;
+  const auto j = nlohmann::ordered_json::parse(head.begin() + 8, head.end(), nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  std::vector<Tensor> out;
+  for (const auto &[name, t] : j.items()) {
+    if (name == "__metadata__" || !t.is_object()) continue;
+    Tensor x{name, t.value("dtype", std::string("?")), {}, 1, 0};
+    if (t.contains("shape") && t["shape"].is_array())
+      for (const auto &d : t["shape"]) {
+        const auto v = d.is_number_unsigned() ? d.get<std::uint64_t>() : 0;
+        x.shape.push_back(v);
+        x.params *= v;
+      }
+    if (t.contains("data_offsets") && t["data_offsets"].is_array() && !t["data_offsets"].empty() &&
+        t["data_offsets"][0].is_number_unsigned())
+      x.begin = t["data_offsets"][0].get<std::uint64_t>();
+    out.push_back(std::move(x));
+  }
+  std::stable_sort(out.begin(), out.end(), [](const Tensor &a, const Tensor &b) { return a.begin < b.begin; });
+  return out;
+}
+
+// Every safetensors file of the package (by the manifest, or by name when it has none) with its
+// tensors: the listing of --tensors.
+std::vector<std::pair<std::string, std::vector<Tensor>>> all_tensors(const std::shared_ptr<const Package> &pkg) {
+  std::set<std::string> marked;
+  for (const auto &f : pkg->manifest().files)
+    if (f.safetensors) marked.insert(f.path);
+  Reader reader(pkg, 16ull << 20);
+  std::vector<std::pair<std::string, std::vector<Tensor>>> out;
+  for (std::uint32_t i = 0; i < pkg->inode_count(); ++i) {
+    if (pkg->type(i) != format::NodeType::kRegular) continue;
+    const auto path = pkg->path_of(i);
+    if (!marked.count(path) && !path.ends_with(".safetensors")) continue;
+    try {
+      if (auto t = read_tensors(reader, i)) out.emplace_back(path, std::move(*t));
+    } catch (const FormatError &e) {
+      throw FormatError(fmt::format("{}: {}", path, e.what()));
+    }
+  }
+  return out;
+}
+
+std::string shape_string(const std::vector<std::uint64_t> &shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+void print_tensors(const std::vector<std::pair<std::string, std::vector<Tensor>>> &files) {
+  if (files.empty()) fmt::print("no safetensors files\n");
+  for (const auto &[path, tensors] : files) {
+    std::uint64_t total = 0;
+    std::size_t name_w = 4, shape_w = 5, dtype_w = 5;
+    for (const auto &t : tensors) {
+      total += t.params;
+      name_w = std::max(name_w, t.name.size());
+      shape_w = std::max(shape_w, shape_string(t.shape).size());
+      dtype_w = std::max(dtype_w, dtype_name(t.dtype).size());
+    }
+    fmt::print("{}: {} tensors, {} params\n", path, tensors.size(), human_count(total));
+    fmt::print("  {:<{}}  {:<{}}  {:<{}}  {:>8}\n", "NAME", name_w, "DTYPE", dtype_w, "SHAPE", shape_w, "PARAMS");
+    for (const auto &t : tensors)
+      fmt::print("  {:<{}}  {:<{}}  {:<{}}  {:>8}\n", t.name, name_w, dtype_name(t.dtype), dtype_w,
+                 shape_string(t.shape), shape_w, human_count(t.params));
+  }
+}
+
+nlohmann::ordered_json tensors_json(const std::vector<std::pair<std::string, std::vector<Tensor>>> &files) {
+  auto out = nlohmann::ordered_json::object();
+  for (const auto &[path, tensors] : files) {
+    auto a = nlohmann::ordered_json::array();
+    for (const auto &t : tensors)
+      a.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"parameters", t.params}});
+    out[path] = std::move(a);
+  }
+  return out;
+}
+
 }  // namespace
 
 void add_inspect(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
+  auto tensors = std::make_shared<bool>(false);
   auto trust = std::make_shared<TrustArgs>();
   auto remote = std::make_shared<RemoteArgs>();
   auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, signatures, counts, sizes and compression");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_flag("--json", *json, "Print JSON instead of text");
+  cmd->add_flag("--tensors", *tensors,
+                "List the tensors of each safetensors file (name, dtype, shape, parameters) instead; reads "
+                "their headers");
   add_trust_options(cmd, *trust);
   add_remote_options(cmd, *remote);
-  cmd->callback([&action, file, json, trust, remote] {
-    action = [file, json, trust, remote]() -> int {
+  cmd->callback([&action, file, json, tensors, trust, remote] {
+    action = [file, json, tensors, trust, remote]() -> int {
       const auto pkg = open_package(*file, open_options(*file, *remote));
-      const auto j = summarise(*pkg, load_trust(*trust));
+      if (*tensors && !*json) {
+        print_tensors(all_tensors(pkg));
+        return kOk;
+      }
+      auto j = summarise(*pkg, load_trust(*trust));
+      if (*tensors) j["tensors"] = tensors_json(all_tensors(pkg));
       if (*json)
         fmt::print("{}\n", j.dump(2));
       else

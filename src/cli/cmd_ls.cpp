@@ -1,8 +1,8 @@
 // torshpkg ls FILE [PATH] [-l] [-R]
 #include <sys/stat.h>
 
-#include <ctime>
 #include <fmt/format.h>
+#include <ctime>
 
 #include "cli.hpp"
 #include "torshpkg/open.hpp"
@@ -34,7 +34,16 @@ void print_entry(const Package &pkg, std::uint32_t ino, const std::string &shown
   char when[32];
   std::strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
   const bool is_dir = pkg.type(ino) == format::NodeType::kDirectory;
-  fmt::print("{} {:>14} {} {}", mode_string(e.mode), is_dir ? 0 : e.size, when, shown);
+  // Stored bytes, their ratio to the file's and the kind: only a regular file has them.
+  std::string stored = "-", ratio = "-", kind = "-";
+  if (pkg.type(ino) == format::NodeType::kRegular) {
+    const auto st = pkg.stored_size(ino);
+    stored = fmt::format("{}", st);
+    if (e.size) ratio = fmt::format("{:.3f}", static_cast<double>(st) / static_cast<double>(e.size));
+    kind = format::kind_name(e.kind);
+  }
+  fmt::print("{} {:>14} {:>14} {:>6} {:<9} {} {}", mode_string(e.mode), is_dir ? 0 : e.size, stored, ratio, kind, when,
+             shown);
   if (pkg.type(ino) == format::NodeType::kSymlink) fmt::print(" -> {}", pkg.symlink_target(ino));
   fmt::print("\n");
 }
@@ -62,7 +71,7 @@ void add_ls(CLI::App &app, Action &action) {
   auto *cmd = app.add_subcommand("ls", "List a directory of a package (default: its root)");
   cmd->add_option("FILE", a->file, "Package")->required();
   cmd->add_option("PATH", a->path, "Path inside the package");
-  cmd->add_flag("-l", a->long_format, "Long format: mode, size, mtime, link target");
+  cmd->add_flag("-l", a->long_format, "Long format: mode, size, stored size, ratio, kind, mtime, link target");
   cmd->add_flag("-R,--recursive", a->recursive, "List subdirectories recursively");
   add_remote_options(cmd, a->remote);
   cmd->callback([&action, a] {

@@ -82,7 +82,7 @@ OpenOptions open_options(const Options &opts, const std::string &location, const
 
 // -o deps: the lock must be for exactly this package (name, version, root digest), and each
 // dependency must be exactly what the lock names (its root digest), held to the same trust policy.
-std::vector<MountedDependency> open_dependencies(const Options &opts, const Package &pkg, const TrustStore &trust,
+std::vector<MountedDependency> open_dependencies(const Options &opts, const Package &pkg, const LoadedTrust &trust,
                                                  const std::shared_ptr<Notices> &notices,
                                                  std::shared_ptr<ChunkStore> &store) {
   std::string lock_path = *opts.deps_lock;
@@ -159,7 +159,7 @@ int serve(const Options &opts) {
   if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
   std::shared_ptr<ChunkStore> store;
   const auto pkg = open_package(opts.package, open_options(opts, opts.package, notices, store));
-  const auto trust = TrustStore::from(opts.pubkeys, opts.trust_dirs);
+  const auto trust = load_trust_store(opts.pubkeys, opts.trust_dirs);
   const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
   auto deps = opts.deps_lock ? open_dependencies(opts, *pkg, trust, notices, store) : std::vector<MountedDependency>{};
   if (!decision.trusted)

@@ -19,17 +19,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tpkgtest import TORSHPKG, Harness, inspect_json, sha256_file, tail, walk  # noqa: E402
+from tpkgtest import TORSHPKG, Harness, inspect_json, sha256_file, tail, walk, write  # noqa: E402
 
 SUBCOMMANDS = ("pack", "inspect", "ls", "cat", "extract", "verify")
-
-
-def write(path, data, mode=None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 def leftovers(d):

@@ -103,8 +103,8 @@ def main():
         h.check("verify with another key: exit 7, says untrusted",
                 r.returncode == 7 and "untrusted" in r.stderr, f"exit {r.returncode}: {tail(r.stderr)}")
         r = h.tpkg("verify", pkg, "--trust", os.path.join(T, "empty-dir-does-not-exist"))
-        h.check("verify --trust with a missing directory: no trusted key, exit 7", r.returncode == 7,
-                f"exit {r.returncode}: {tail(r.stderr)}")
+        h.check("verify --trust with a missing directory: a usage error (a typo is not 'no keys'), exit 2",
+                r.returncode == 2 and "does not exist" in r.stderr, f"exit {r.returncode}: {tail(r.stderr)}")
         r = h.tpkg("verify", pkg)
         h.check("verify without keys reports the signature and exits 0 (nothing demanded)",
                 r.returncode == 0 and "untrusted key" in r.stdout, f"exit {r.returncode}: {tail(r.stdout)}")

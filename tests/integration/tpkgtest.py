@@ -62,6 +62,15 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def write(path, data, mode=None):
+    """Writes bytes to path, making its directories; chmod to `mode` if given."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
 def tail(text, n: int = 600) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
