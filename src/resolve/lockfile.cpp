@@ -1,9 +1,11 @@
 // torshpkg.lock: what resolve chose, as JSON (docs/FORMAT.md, "Lock files"). A lock is input to
 // pull and to the mount, so it is checked field by field like any untrusted file.
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -134,9 +136,15 @@ Lock parse_lock(std::string_view text, const std::string &where) {
 
 Lock read_lock_file(const std::string &path) {
   const auto fd = open_read(path);
-  std::string text(kMaxLockBytes + 1, '\0');
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path);
+  if (!S_ISREG(st.st_mode)) throw UsageError(fmt::format("{}: a lock file must be a regular file", path));
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxLockBytes)
+    throw FormatError(fmt::format("{}: a lock file larger than 16 MiB", path));
+  // One byte more than its size: a file that grew since is caught rather than cut short.
+  std::string text(static_cast<std::size_t>(st.st_size) + 1, '\0');
   const auto n = read_full(fd.get(), std::span(reinterpret_cast<std::uint8_t *>(text.data()), text.size()), path);
-  if (n > kMaxLockBytes) throw FormatError(fmt::format("{}: a lock file larger than 16 MiB", path));
+  if (n > static_cast<std::size_t>(st.st_size)) throw IoError(fmt::format("{}: changed while being read", path), EIO);
   text.resize(n);
   return parse_lock(text, path);
 }
