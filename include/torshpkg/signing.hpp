@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "torshpkg/digest.hpp"
@@ -97,10 +98,11 @@ class TrustStore {
   // directory (kDefaultTrustDir): the rule the driver and the CLI share.
   static TrustStore from(const std::vector<std::string> &pubkeys, const std::vector<std::string> &dirs);
   void add(PublicKey key);
-  void add_file(const std::string &path);
+  KeyId add_file(const std::string &path);  // returns the key's id
   // Refuses a directory or key file that others may write (like sshd's StrictModes): whoever can
-  // write there can make any package trusted. A missing directory is an empty store.
-  void add_dir(const std::string &dir);
+  // write there can make any package trusted. A missing directory is an empty store. Returns the
+  // (id, file) of each key file read, in file name order.
+  std::vector<std::pair<KeyId, std::string>> add_dir(const std::string &dir);
   [[nodiscard]] const PublicKey *find(const KeyId &id) const noexcept;
   [[nodiscard]] std::size_t size() const noexcept { return keys_.size(); }
 

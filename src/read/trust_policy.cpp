@@ -30,22 +30,18 @@ std::vector<std::string> trust_dir_files(const std::string &dir) {
 
 LoadedTrust load_trust_store(const std::vector<std::string> &pubkeys, const std::vector<std::string> &dirs) {
   LoadedTrust t;
-  const auto record = [&t](const PublicKey &key, const std::string &origin) {
+  const auto record = [&t](const KeyId &id, const std::string &file, const std::string &origin) {
     // TrustStore::add() keeps the first file of a key: list that one only.
-    const auto *kept = t.find(key.id());
-    if (!kept || kept->source() != key.source()) return;
-    if (std::none_of(t.keys.begin(), t.keys.end(), [&](const auto &k) { return k.id == key.id(); }))
-      t.keys.push_back({key.id(), key.source(), origin});
+    const auto *kept = t.find(id);
+    if (!kept || kept->source() != file) return;
+    if (std::none_of(t.keys.begin(), t.keys.end(), [&](const auto &k) { return k.id == id; }))
+      t.keys.push_back({id, file, origin});
   };
-  for (const auto &p : pubkeys) {
-    auto key = PublicKey::load(p);
-    t.add(key);
-    record(key, "key file");
-  }
+  for (const auto &p : pubkeys) record(t.add_file(p), p, "key file");
   const auto add_dir = [&](const std::string &dir, const std::string &origin) {
-    t.add_dir(dir);  // refuses directories and keys that others may write
     t.searched.push_back(origin);
-    for (const auto &f : trust_dir_files(dir)) record(PublicKey::load(f), origin);
+    // add_dir() refuses directories and keys that others may write; each file is read once.
+    for (const auto &[id, file] : t.add_dir(dir)) record(id, file, origin);
   };
   for (const auto &d : dirs) {
     // A directory the user named that is not there is a typo, not "trust nothing".

@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "openssl.hpp"
 #include "torshpkg/endian.hpp"
@@ -81,24 +81,31 @@ int passphrase_callback(char *buf, int size, int /*rwflag*/, void *u) {
   return static_cast<int>(std::strlen(buf));
 }
 
-bool is_ed25519(const UniquePkey &k) { return EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519; }
+bool is_ed25519(const UniquePkey &k) {
+  return EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519;
+}
 
 }  // namespace
 
-std::string key_id_short(const KeyId &id) { return to_hex(std::span(id).first(8)); }
+std::string key_id_short(const KeyId &id) {
+  return to_hex(std::span(id).first(8));
+}
 
 std::vector<SignatureEntry> parse_signature_block(std::span<const std::uint8_t> block) {
   std::vector<SignatureEntry> out;
   if (block.empty()) return out;
-  if (block.size() < sigblock::kHeaderSize) throw FormatError(fmt::format("signature block of {} bytes is too short", block.size()));
+  if (block.size() < sigblock::kHeaderSize)
+    throw FormatError(fmt::format("signature block of {} bytes is too short", block.size()));
   if (!std::equal(sigblock::kMagic.begin(), sigblock::kMagic.end(), block.begin()))
     throw FormatError("signature block has a bad magic");
   const auto version = load_le<std::uint16_t>(&block[8]);
   const auto count = load_le<std::uint16_t>(&block[10]);
   const auto entry_size = load_le<std::uint32_t>(&block[12]);
   if (version != sigblock::kVersion) throw FormatError(fmt::format("unsupported signature block version {}", version));
-  if (entry_size != sigblock::kEntrySize) throw FormatError(fmt::format("signature entries of {} bytes, expected {}", entry_size, sigblock::kEntrySize));
-  if (count == 0 || count > sigblock::kMaxEntries) throw FormatError(fmt::format("signature block with {} signatures", count));
+  if (entry_size != sigblock::kEntrySize)
+    throw FormatError(fmt::format("signature entries of {} bytes, expected {}", entry_size, sigblock::kEntrySize));
+  if (count == 0 || count > sigblock::kMaxEntries)
+    throw FormatError(fmt::format("signature block with {} signatures", count));
   if (block.size() != sigblock::kHeaderSize + count * sigblock::kEntrySize)
     throw FormatError(fmt::format("signature block is {} bytes, {} signatures need {}", block.size(), count,
                                   sigblock::kHeaderSize + count * sigblock::kEntrySize));
@@ -121,7 +128,8 @@ std::vector<SignatureEntry> parse_signature_block(std::span<const std::uint8_t> 
 
 std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry> entries) {
   if (entries.empty()) return {};
-  if (entries.size() > sigblock::kMaxEntries) throw UsageError(fmt::format("at most {} signatures per package", sigblock::kMaxEntries));
+  if (entries.size() > sigblock::kMaxEntries)
+    throw UsageError(fmt::format("at most {} signatures per package", sigblock::kMaxEntries));
   std::vector<std::uint8_t> b(sigblock::kHeaderSize + entries.size() * sigblock::kEntrySize, 0);
   std::copy(sigblock::kMagic.begin(), sigblock::kMagic.end(), b.begin());
   store_le<std::uint16_t>(&b[8], sigblock::kVersion);
@@ -160,7 +168,9 @@ PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
   return PublicKey(k.release(), what);
 }
 
-PublicKey PublicKey::load(const std::string &path) { return from_pem(read_small_file(path, 64 << 10), path); }
+PublicKey PublicKey::load(const std::string &path) {
+  return from_pem(read_small_file(path, 64 << 10), path);
+}
 
 bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signature) const {
   if (signature.size() != kEd25519SignatureSize) return false;
@@ -263,12 +273,17 @@ TrustStore TrustStore::from(const std::vector<std::string> &pubkeys, const std::
   return trust;
 }
 
-void TrustStore::add_file(const std::string &path) { add(PublicKey::load(path)); }
+KeyId TrustStore::add_file(const std::string &path) {
+  auto key = PublicKey::load(path);
+  const auto id = key.id();
+  add(std::move(key));
+  return id;
+}
 
-void TrustStore::add_dir(const std::string &dir) {
+std::vector<std::pair<KeyId, std::string>> TrustStore::add_dir(const std::string &dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
-    if (errno == ENOENT) return;
+    if (errno == ENOENT) return {};
     throw_errno("stat", dir);
   }
   if (!S_ISDIR(st.st_mode)) throw UsageError(dir + ": trust directory is not a directory");
@@ -283,6 +298,7 @@ void TrustStore::add_dir(const std::string &dir) {
     if (n.size() > 4 && n.ends_with(".pub")) names.emplace_back(n);
   }
   std::sort(names.begin(), names.end());  // deterministic order for messages
+  std::vector<std::pair<KeyId, std::string>> read;
   for (const auto &n : names) {
     const std::string path = dir + "/" + n;
     if (::stat(path.c_str(), &st) != 0) throw_errno("stat", path);
@@ -290,8 +306,9 @@ void TrustStore::add_dir(const std::string &dir) {
     if (st.st_mode & (S_IWGRP | S_IWOTH))
       throw UsageError(fmt::format("{}: trusted key is writable by group or others (mode {:o}); refusing it", path,
                                    st.st_mode & 07777));
-    add_file(path);
+    read.emplace_back(add_file(path), path);
   }
+  return read;
 }
 
 const PublicKey *TrustStore::find(const KeyId &id) const noexcept {
