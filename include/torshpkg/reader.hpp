@@ -73,8 +73,8 @@ class Reader {
 
  private:
   std::shared_ptr<const Package> pkg_;
-  std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>(16);
   ChunkCache cache_;
+  std::shared_ptr<BufferPool> pool_;
   std::mutex queued_mu_;
   std::unordered_set<std::uint64_t> queued_;  // package chunk indices waiting for a worker
   std::unique_ptr<ThreadPool> workers_;       // last: joined first on destruction

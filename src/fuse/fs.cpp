@@ -84,7 +84,7 @@ Volume::Volume(std::shared_ptr<const Package> p, std::uint64_t cache_bytes, fuse
 
 Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts, std::vector<MountedDependency> deps)
     : opts_(opts), uid_(opts.uid.value_or(::getuid())), gid_(opts.gid.value_or(::getgid())) {
-  volumes_.push_back(std::make_unique<Volume>(std::move(pkg), opts.cache_bytes, FUSE_ROOT_ID, std::string()));
+  volumes_.push_back(std::make_unique<Volume>(pkg, cache_bytes_for(opts, pkg->source().remote()), FUSE_ROOT_ID, std::string()));
   std::sort(deps.begin(), deps.end(), [](const auto &x, const auto &y) { return x.entry_name < y.entry_name; });
   fuse_ino_t next = deps_dir_ino() + 1;
   for (auto &d : deps) {
@@ -93,7 +93,7 @@ Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts, 
       throw UsageError(fmt::format("'{}' cannot be a directory name under /.deps", d.entry_name));
     if (volumes_.size() > 1 && volumes_.back()->name == d.entry_name)
       throw UsageError(fmt::format("two dependencies named '{}' under /.deps", d.entry_name));
-    volumes_.push_back(std::make_unique<Volume>(std::move(d.pkg), opts.cache_bytes, next, d.entry_name));
+    volumes_.push_back(std::make_unique<Volume>(d.pkg, cache_bytes_for(opts, d.pkg->source().remote()), next, d.entry_name));
     next = volumes_.back()->end();
   }
   if (has_deps() && main().pkg->lookup(0, kDepsDir))
@@ -114,7 +114,9 @@ void Filesystem::start(fuse_session *se) {
   workers_ = opts_.workers ? opts_.workers : default_workers;
   for (auto &v : volumes_) {
     const auto chunk = v->pkg->chunk_size();
-    v->readahead_chunks = opts_.readahead_bytes / chunk;
+    // Decoded-ahead chunks wait in the cache for their reader: at most half of it, or they would
+    // evict one another before they are read.
+    v->readahead_chunks = std::min(opts_.readahead_bytes, v->reader.cache().budget() / 2) / chunk;
     // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
     v->stream_slack_chunks =
         std::max<std::uint64_t>(2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / chunk));

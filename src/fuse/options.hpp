@@ -15,10 +15,12 @@ struct Options {
   bool help = false;
   bool version = false;
   std::optional<std::uint32_t> uid, gid, umask;
-  std::uint64_t cache_bytes = 256ull << 20;
+  // Decoded-chunk cache. Unset: kLocalCacheBytes for a local package, kRemoteCacheBytes for a remote
+  // one, whose coalesced fetches (runs of up to 4 MiB, several in flight) must fit while they wait.
+  std::optional<std::uint64_t> cache_bytes;
   unsigned threads = 8;
   unsigned workers = 0;                              // background decoders; 0: one per core
-  std::uint64_t readahead_bytes = 8ull << 20;        // decode this far ahead of sequential readers
+  std::uint64_t readahead_bytes = 4ull << 20;        // decode this far ahead of sequential readers
   bool push_to_page_cache = true;                    // hand whole decoded chunks to the kernel page cache
   std::uint64_t random_prefetch_bytes = 4ull << 30;  // decode a file read at random whole, up to this size
   std::vector<std::string> trust_dirs;               // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
@@ -41,6 +43,11 @@ struct Options {
   // -o deps[=LOCK]: the lock's packages under /.deps; "" for torshpkg.lock beside a local package.
   std::optional<std::string> deps_lock;
 };
+
+inline constexpr std::uint64_t kLocalCacheBytes = 8ull << 20;
+inline constexpr std::uint64_t kRemoteCacheBytes = 64ull << 20;
+// The cache budget for one package: -o cache_size= or the default for its kind of source.
+[[nodiscard]] std::uint64_t cache_bytes_for(const Options &o, bool remote) noexcept;
 
 // Throws UsageError with a message naming the bad argument.
 Options parse_options(int argc, char **argv);

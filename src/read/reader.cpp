@@ -18,6 +18,11 @@ namespace {
 unsigned shards_for(std::uint64_t budget, std::uint32_t chunk_size) {
   return static_cast<unsigned>(std::clamp<std::uint64_t>(budget / (4ull * chunk_size), 1, 16));
 }
+// Spare buffers kept for reuse: a quarter of what the cache holds, so that the pool never costs more
+// memory than the cache itself is allowed (a 16 MiB cache keeps 4 spare 1 MiB buffers, not 16).
+std::size_t spare_buffers_for(std::uint64_t budget, std::uint32_t chunk_size) {
+  return static_cast<std::size_t>(std::clamp<std::uint64_t>(budget / (4ull * chunk_size), 2, 16));
+}
 }  // namespace
 
 std::shared_ptr<ChunkBuffer> BufferPool::take(std::size_t size) {
@@ -42,7 +47,9 @@ void BufferPool::give_back(ChunkBuffer *b) noexcept {
 }
 
 Reader::Reader(std::shared_ptr<const Package> pkg, std::uint64_t cache_bytes)
-    : pkg_(std::move(pkg)), cache_(cache_bytes, shards_for(cache_bytes, pkg_->chunk_size())) {}
+    : pkg_(std::move(pkg)),
+      cache_(cache_bytes, shards_for(cache_bytes, pkg_->chunk_size())),
+      pool_(std::make_shared<BufferPool>(spare_buffers_for(cache_bytes, pkg_->chunk_size()))) {}
 
 Reader::~Reader() {
   stop_workers();
