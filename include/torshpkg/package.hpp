@@ -70,7 +70,8 @@ class Package {
   [[nodiscard]] std::uint64_t manifest_end() const noexcept { return footer_.index_offset + index_.size(); }
   // Parsed at open (FormatError if malformed); checking them is trust_policy.hpp's job.
   [[nodiscard]] const std::vector<SignatureEntry> &signatures() const noexcept { return signatures_; }
-  [[nodiscard]] const Manifest &manifest() const noexcept { return manifest_; }
+  // Validated at open, built on first use (thread-safe).
+  [[nodiscard]] const Manifest &manifest() const;
   // Set for a package made by from_index (a zip mounted in place): no root digest, no chunk digests,
   // no storage layout to report.
   [[nodiscard]] const SynthesizedIndex *synthesized() const noexcept { return synthesized_.get(); }
@@ -140,7 +141,8 @@ class Package {
   std::vector<std::uint8_t> index_;  // chunk table | inode table | string table | manifest
   std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
   std::vector<SignatureEntry> signatures_;
-  Manifest manifest_;
+  mutable std::once_flag manifest_once_;
+  mutable Manifest manifest_;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> aliases_;  // (chunk, first chunk sharing its bytes), by chunk
   std::unique_ptr<SynthesizedIndex> synthesized_;                 // without its tables, which index_ holds
   mutable std::once_flag file_digests_once_;

@@ -102,14 +102,28 @@ std::string Manifest::serialize() const {
   return text;
 }
 
-Manifest Manifest::parse(std::string_view text) {
-  simdjson::dom::parser parser;
+namespace {
+// The manifest's top-level object; `parser` and `padded` own what it points into.
+simdjson::dom::object parse_root(simdjson::dom::parser &parser, const simdjson::padded_string &padded) {
   simdjson::dom::element root;
-  const simdjson::padded_string padded(text);
   if (const auto err = parser.parse(padded).get(root); err)
     throw FormatError(fmt::format("manifest is not valid JSON: {}", simdjson::error_message(err)));
   simdjson::dom::object obj;
   if (root.get_object().get(obj)) throw FormatError("manifest is not a JSON object");
+  return obj;
+}
+}  // namespace
+
+void Manifest::validate(std::string_view text) {
+  simdjson::dom::parser parser;
+  const simdjson::padded_string padded(text);
+  (void)parse_root(parser, padded);
+}
+
+Manifest Manifest::parse(std::string_view text) {
+  simdjson::dom::parser parser;
+  const simdjson::padded_string padded(text);
+  const simdjson::dom::object obj = parse_root(parser, padded);
   Manifest m;
   bool has_files = false;
   for (const auto field : obj) {

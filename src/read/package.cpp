@@ -115,7 +115,7 @@ std::shared_ptr<const Package> Package::from_index(SynthesizedIndex index, std::
   p->inodes_at_ = index.chunks.size() * format::kChunkEntrySize;
   p->strings_at_ = p->inodes_at_ + index.inodes.size() * format::kInodeEntrySize;
   p->manifest_at_ = p->strings_at_ + strings.size();
-  p->manifest_ = std::move(index.manifest);
+  std::call_once(p->manifest_once_, [&] { p->manifest_ = std::move(index.manifest); });
   index.chunks.clear();
   index.inodes.clear();
   index.strings = {};
@@ -157,8 +157,8 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
   if (root.finish() != footer_.root_digest) throw IntegrityError("index or manifest is damaged (root digest mismatch)");
   validate_chunks();
   validate_inodes();
-  // Parsed once: xattrs, inspect and the FUSE layer read the result.
-  manifest_ = Manifest::parse(manifest_text());
+  // Checked now, so that a malformed manifest refuses the mount; built when first asked for.
+  Manifest::validate(manifest_text());
   signatures_ = parse_signature_block(signature_block);
 }
 
@@ -414,10 +414,15 @@ std::string Package::codec_summary(std::uint32_t ino) const {
   return out.empty() ? "none" : out;
 }
 
+const Manifest &Package::manifest() const {
+  std::call_once(manifest_once_, [this] { manifest_ = Manifest::parse(manifest_text()); });
+  return manifest_;
+}
+
 std::optional<Digest> Package::file_sha256(std::uint32_t ino) const {
   std::call_once(file_digests_once_, [this] {
     file_digests_.assign(inode_count(), std::nullopt);
-    for (const auto &f : manifest_.files)
+    for (const auto &f : manifest().files)
       if (const auto i = resolve(f.path); i && f.sha256) file_digests_[*i] = f.sha256;
   });
   return ino < file_digests_.size() ? file_digests_[ino] : std::nullopt;
