@@ -92,6 +92,9 @@ class PrivateKey {
 inline constexpr std::string_view kDefaultTrustDir = "/etc/torshpkg/trusted.d";
 
 // Public keys a verifier accepts: files given one by one, or every *.pub in a directory.
+// The *.pub regular files of a trust directory, sorted: the files TrustStore::add_dir() reads.
+[[nodiscard]] std::vector<std::string> trust_dir_files(const std::string &dir);
+
 class TrustStore {
  public:
   // The keys named by files and directories, or, when none is named, those of the default trust

@@ -40,9 +40,6 @@ struct LoadedTrust : TrustStore {
 [[nodiscard]] LoadedTrust load_trust_store(const std::vector<std::string> &pubkeys,
                                            const std::vector<std::string> &dirs);
 
-// The *.pub regular files of a trust directory, sorted: the files TrustStore::add_dir() reads.
-[[nodiscard]] std::vector<std::string> trust_dir_files(const std::string &dir);
-
 // check_signatures() over a LoadedTrust: the checks, and who was trusted, for enforce_trust().
 struct SignatureChecks : std::vector<SignatureCheck> {
   std::string trusted;  // LoadedTrust::describe()

@@ -1,32 +1,15 @@
 // Signature checks and the trust policy over an opened package.
 #include "torshpkg/trust_policy.hpp"
 
-#include <dirent.h>
 #include <sys/stat.h>
 
 #include <fmt/format.h>
 #include <algorithm>
 #include <cerrno>
-#include <memory>
 
 #include "torshpkg/errors.hpp"
 
 namespace torshpkg {
-
-std::vector<std::string> trust_dir_files(const std::string &dir) {
-  std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) throw_errno("open directory", dir);
-  std::vector<std::string> out;
-  while (const dirent *e = ::readdir(d.get())) {
-    const std::string_view n = e->d_name;
-    if (n.size() <= 4 || !n.ends_with(".pub")) continue;
-    const std::string path = dir + "/" + std::string(n);
-    struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(path);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 LoadedTrust load_trust_store(const std::vector<std::string> &pubkeys, const std::vector<std::string> &dirs) {
   LoadedTrust t;

@@ -280,6 +280,21 @@ KeyId TrustStore::add_file(const std::string &path) {
   return id;
 }
 
+std::vector<std::string> trust_dir_files(const std::string &dir) {
+  std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) throw_errno("open directory", dir);
+  std::vector<std::string> out;
+  while (const dirent *e = ::readdir(d.get())) {
+    const std::string_view n = e->d_name;
+    if (n.size() <= 4 || !n.ends_with(".pub")) continue;
+    const std::string path = dir + "/" + std::string(n);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(path);
+  }
+  std::sort(out.begin(), out.end());  // deterministic order for messages
+  return out;
+}
+
 std::vector<std::pair<KeyId, std::string>> TrustStore::add_dir(const std::string &dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
@@ -290,19 +305,9 @@ std::vector<std::pair<KeyId, std::string>> TrustStore::add_dir(const std::string
   if (st.st_mode & (S_IWGRP | S_IWOTH))
     throw UsageError(fmt::format("{}: trust directory is writable by group or others (mode {:o}); refusing it", dir,
                                  st.st_mode & 07777));
-  std::unique_ptr<DIR, int (*)(DIR *)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) throw_errno("open directory", dir);
-  std::vector<std::string> names;
-  while (const dirent *e = ::readdir(d.get())) {
-    const std::string_view n = e->d_name;
-    if (n.size() > 4 && n.ends_with(".pub")) names.emplace_back(n);
-  }
-  std::sort(names.begin(), names.end());  // deterministic order for messages
   std::vector<std::pair<KeyId, std::string>> read;
-  for (const auto &n : names) {
-    const std::string path = dir + "/" + n;
+  for (const auto &path : trust_dir_files(dir)) {
     if (::stat(path.c_str(), &st) != 0) throw_errno("stat", path);
-    if (!S_ISREG(st.st_mode)) continue;
     if (st.st_mode & (S_IWGRP | S_IWOTH))
       throw UsageError(fmt::format("{}: trusted key is writable by group or others (mode {:o}); refusing it", path,
                                    st.st_mode & 07777));
