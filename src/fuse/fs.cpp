@@ -116,7 +116,8 @@ void Filesystem::start(fuse_session *se) {
     const auto chunk = v->pkg->chunk_size();
     // Decoded-ahead chunks wait in the cache for their reader: at most half of it, or they would
     // evict one another before they are read.
-    v->readahead_chunks = std::min(opts_.readahead_bytes, v->reader.cache().budget() / 2) / chunk;
+    v->readahead_chunks =
+        std::min(readahead_bytes_for(opts_, v->pkg->source().remote()), v->reader.cache().budget() / 2) / chunk;
     // Each FUSE thread may hold one read request (at most 1 MiB) of a sequential stream out of order.
     v->stream_slack_chunks =
         std::max<std::uint64_t>(2, std::uint64_t{opts_.threads} * std::max<std::uint64_t>(1, (1u << 20) / chunk));

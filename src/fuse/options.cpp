@@ -25,8 +25,8 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
                   64M for a remote package)
   -o threads=N    FUSE worker threads (default 8)
   -o workers=N    background decoding threads (default: one per core)
-  -o readahead=S  decode this far ahead of sequential readers (default 4M, at most
-                  half of cache_size; 0 disables)
+  -o readahead=S  decode this far ahead of sequential readers (default 4M, 16M for a
+                  remote package; at most half of cache_size; 0 disables)
   -o nopush       do not push whole decoded chunks into the kernel page cache
   -o random_prefetch=S  once a file is read at random, decode all of it into the
                   page cache in the background if it is at most S (default 4G; 0: never)
@@ -174,6 +174,10 @@ void apply_option_list(Options &o, std::string_view list) {
 
 std::uint64_t cache_bytes_for(const Options &o, bool remote) noexcept {
   return o.cache_bytes.value_or(remote ? kRemoteCacheBytes : kLocalCacheBytes);
+}
+
+std::uint64_t readahead_bytes_for(const Options &o, bool remote) noexcept {
+  return o.readahead_bytes.value_or(remote ? kRemoteReadaheadBytes : kLocalReadaheadBytes);
 }
 
 Options parse_options(int argc, char **argv) {

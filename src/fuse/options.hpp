@@ -20,7 +20,9 @@ struct Options {
   std::optional<std::uint64_t> cache_bytes;
   unsigned threads = 8;
   unsigned workers = 0;                              // background decoders; 0: one per core
-  std::uint64_t readahead_bytes = 4ull << 20;        // decode this far ahead of sequential readers
+  // Decode (remote: fetch) this far ahead of sequential readers; unset: kLocalReadaheadBytes or
+  // kRemoteReadaheadBytes (several coalesced requests in flight hide the network's latency).
+  std::optional<std::uint64_t> readahead_bytes;
   bool push_to_page_cache = true;                    // hand whole decoded chunks to the kernel page cache
   std::uint64_t random_prefetch_bytes = 4ull << 30;  // decode a file read at random whole, up to this size
   std::vector<std::string> trust_dirs;               // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
@@ -46,8 +48,12 @@ struct Options {
 
 inline constexpr std::uint64_t kLocalCacheBytes = 8ull << 20;
 inline constexpr std::uint64_t kRemoteCacheBytes = 64ull << 20;
+inline constexpr std::uint64_t kLocalReadaheadBytes = 4ull << 20;
+inline constexpr std::uint64_t kRemoteReadaheadBytes = 16ull << 20;
 // The cache budget for one package: -o cache_size= or the default for its kind of source.
 [[nodiscard]] std::uint64_t cache_bytes_for(const Options &o, bool remote) noexcept;
+// How far ahead of a sequential reader, before the cap at half of the cache.
+[[nodiscard]] std::uint64_t readahead_bytes_for(const Options &o, bool remote) noexcept;
 
 // Throws UsageError with a message naming the bad argument.
 Options parse_options(int argc, char **argv);
