@@ -14,6 +14,8 @@ namespace torshpkg {
 struct TensorRange {
   std::uint64_t begin = 0, end = 0;  // absolute offsets in the file
   std::string dtype;
+  std::string name;                  // the tensor's key in the header
+  std::vector<std::uint64_t> shape;  // dimensions; empty for a scalar
 };
 struct SafetensorsSummary {
   std::uint64_t tensors = 0;

@@ -20,6 +20,7 @@ using Action = std::function<int()>;
 // Each subcommand registers itself and sets `action` when chosen.
 void add_pack(CLI::App &app, Action &action);
 void add_inspect(CLI::App &app, Action &action);
+void add_diff(CLI::App &app, Action &action);
 void add_ls(CLI::App &app, Action &action);
 void add_cat(CLI::App &app, Action &action);
 void add_extract(CLI::App &app, Action &action);

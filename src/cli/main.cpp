@@ -110,6 +110,7 @@ int run(int argc, char **argv) {
   Action action;
   add_pack(app, action);
   add_inspect(app, action);
+  add_diff(app, action);
   add_ls(app, action);
   add_cat(app, action);
   add_extract(app, action);

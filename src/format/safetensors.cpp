@@ -39,12 +39,14 @@ std::optional<SafetensorsSummary> parse_safetensors(std::span<const std::uint8_t
         !offs[0].is_number_unsigned() || !offs[1].is_number_unsigned())
       throw bad("malformed fields");
     std::uint64_t count = 1;
+    std::vector<std::uint64_t> dims;
     for (const auto &d : shape) {
       if (!d.is_number_unsigned() || mul_overflows(count, d.get<std::uint64_t>(), count)) throw bad("bad shape");
+      dims.push_back(d.get<std::uint64_t>());
     }
     const auto begin = offs[0].get<std::uint64_t>(), end = offs[1].get<std::uint64_t>();
     if (begin > end || end > data_size) throw bad("data offsets outside the data section");
-    s.ranges.push_back({data_at + begin, data_at + end, dtype.get<std::string>()});
+    s.ranges.push_back({data_at + begin, data_at + end, dtype.get<std::string>(), key, std::move(dims)});
     s.names.push_back(key);
     ++s.tensors;
     if (add_overflows(s.parameters, count, s.parameters)) throw bad("parameter count overflows");
