@@ -37,14 +37,22 @@ struct ChunkWork {
 
 class ChunkStore;
 
-// Per-thread state: two scratch buffers and one decoder per codec, made on first use.
+// Per-thread state: two scratch buffers, one buffer for runs of adjacent stored chunks, and one
+// decoder per codec, made on first use.
 class PipelineContext {
  public:
   [[nodiscard]] CodecDecoder &decoder(format::Codec id);
   [[nodiscard]] std::vector<std::uint8_t> &scratch(unsigned i) noexcept { return scratch_[i & 1]; }
+  // `size` bytes of contents undefined. Kept at its largest size: a fresh multi-MiB buffer per run
+  // cost its page faults and zeroing, a quarter of a remote read's CPU.
+  [[nodiscard]] std::span<std::uint8_t> run_buffer(std::size_t size) {
+    if (run_.size() < size) run_.resize(size);
+    return {run_.data(), size};
+  }
 
  private:
   std::array<std::vector<std::uint8_t>, 2> scratch_;
+  std::vector<std::uint8_t> run_;
   std::vector<std::unique_ptr<CodecDecoder>> decoders_;  // by codec id
 };
 

@@ -151,9 +151,9 @@ void ChunkPipeline::load_adjacent(std::span<const ChunkWork> works,
       }
   const auto [first, end] = covering_range(works, [&](std::size_t i) { return !cached[i]; });
   if (end == first) return;
-  std::vector<std::uint8_t> range(end - first);
-  source_->read(first, range);
   auto ctx = take_context();
+  const auto range = ctx->run_buffer(end - first);
+  source_->read(first, range);
   for (std::size_t i = 0; i < works.size(); ++i) {
     if (cached[i]) continue;
     const auto &w = works[i];
@@ -175,7 +175,8 @@ void ChunkPipeline::fetch_into_store(std::span<const ChunkWork> works) const {
     for (std::size_t i = 0; i < works.size(); ++i) wanted[i] = !store_->contains(works[i].entry.digest);
     const auto [first, end] = covering_range(works, [&](std::size_t i) { return wanted[i]; });
     if (end == first) return;
-    std::vector<std::uint8_t> range(end - first);
+    auto ctx = take_context();
+    const auto range = ctx->run_buffer(end - first);
     source_->read(first, range);
     for (std::size_t i = 0; i < works.size(); ++i) {
       if (!wanted[i]) continue;
