@@ -84,7 +84,12 @@ Volume::Volume(std::shared_ptr<const Package> p, std::uint64_t cache_bytes, fuse
 
 Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts, std::vector<MountedDependency> deps)
     : opts_(opts), uid_(opts.uid.value_or(::getuid())), gid_(opts.gid.value_or(::getgid())) {
-  volumes_.push_back(std::make_unique<Volume>(pkg, cache_bytes_for(opts, pkg->source().remote()), FUSE_ROOT_ID, std::string()));
+  // Each package gets the cache its kind of source needs (remote fetches wait in it).
+  const auto add_volume = [&](std::shared_ptr<const Package> p, fuse_ino_t first_ino, std::string name) {
+    const auto budget = cache_bytes_for(opts, p->source().remote());
+    volumes_.push_back(std::make_unique<Volume>(std::move(p), budget, first_ino, std::move(name)));
+  };
+  add_volume(std::move(pkg), FUSE_ROOT_ID, std::string());
   std::sort(deps.begin(), deps.end(), [](const auto &x, const auto &y) { return x.entry_name < y.entry_name; });
   fuse_ino_t next = deps_dir_ino() + 1;
   for (auto &d : deps) {
@@ -93,7 +98,7 @@ Filesystem::Filesystem(std::shared_ptr<const Package> pkg, const Options &opts, 
       throw UsageError(fmt::format("'{}' cannot be a directory name under /.deps", d.entry_name));
     if (volumes_.size() > 1 && volumes_.back()->name == d.entry_name)
       throw UsageError(fmt::format("two dependencies named '{}' under /.deps", d.entry_name));
-    volumes_.push_back(std::make_unique<Volume>(d.pkg, cache_bytes_for(opts, d.pkg->source().remote()), next, d.entry_name));
+    add_volume(std::move(d.pkg), next, d.entry_name);
     next = volumes_.back()->end();
   }
   if (has_deps() && main().pkg->lookup(0, kDepsDir))

@@ -13,15 +13,19 @@ constexpr std::size_t kMaxQueued = 64;  // bounds memory held by queued prefetch
 }
 
 namespace {
+// A quarter of the chunks the budget holds, at most 16.
+std::uint64_t quarter_of_chunks(std::uint64_t budget, std::uint32_t chunk_size) {
+  return std::min<std::uint64_t>(budget / (4ull * chunk_size), 16);
+}
 // Enough shards to spread lock contention, few enough that each holds several chunks: the budget is
 // split evenly and a shard smaller than a chunk would cache nothing.
 unsigned shards_for(std::uint64_t budget, std::uint32_t chunk_size) {
-  return static_cast<unsigned>(std::clamp<std::uint64_t>(budget / (4ull * chunk_size), 1, 16));
+  return static_cast<unsigned>(std::max<std::uint64_t>(quarter_of_chunks(budget, chunk_size), 1));
 }
-// Spare buffers kept for reuse: a quarter of what the cache holds, so that the pool never costs more
-// memory than the cache itself is allowed (a 16 MiB cache keeps 4 spare 1 MiB buffers, not 16).
+// Spare buffers kept for reuse: as many as shards (at least 2), so that the pool never costs more
+// memory than a quarter of the cache (a 16 MiB cache keeps 4 spare 1 MiB buffers, not 16).
 std::size_t spare_buffers_for(std::uint64_t budget, std::uint32_t chunk_size) {
-  return static_cast<std::size_t>(std::clamp<std::uint64_t>(budget / (4ull * chunk_size), 2, 16));
+  return static_cast<std::size_t>(std::max<std::uint64_t>(quarter_of_chunks(budget, chunk_size), 2));
 }
 }  // namespace
 

@@ -70,7 +70,8 @@ std::optional<Digest> from_hex(std::string_view hex) {
   Digest d{};
   int bad = 0;
   for (std::size_t i = 0; i < d.size(); ++i) {
-    const int hi = kValue[static_cast<unsigned char>(hex[2 * i])], lo = kValue[static_cast<unsigned char>(hex[2 * i + 1])];
+    const int hi = kValue[static_cast<unsigned char>(hex[2 * i])],
+              lo = kValue[static_cast<unsigned char>(hex[2 * i + 1])];
     bad |= hi | lo;  // negative when either is not a digit
     d[i] = static_cast<std::uint8_t>(hi << 4 | lo);
   }
