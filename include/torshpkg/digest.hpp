@@ -1,4 +1,4 @@
-// SHA-256 through OpenSSL EVP (uses SHA-NI where the CPU has it).
+// SHA-256 through OpenSSL's SHA256_* functions (its SHA-NI code where the CPU has it).
 #pragma once
 #include <array>
 #include <cstdint>
@@ -10,7 +10,7 @@
 
 #include "torshpkg/format.hpp"
 
-struct evp_md_ctx_st;
+struct SHA256state_st;
 
 namespace torshpkg {
 
@@ -30,9 +30,9 @@ class Sha256 {
 
  private:
   struct Free {
-    void operator()(evp_md_ctx_st *ctx) const noexcept;
+    void operator()(SHA256state_st *ctx) const noexcept;
   };
-  std::unique_ptr<evp_md_ctx_st, Free> ctx_;
+  std::unique_ptr<SHA256state_st, Free> ctx_;
 };
 
 }  // namespace torshpkg

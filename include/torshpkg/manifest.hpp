@@ -1,5 +1,5 @@
 // The manifest (docs/FORMAT.md, "Manifest"): one type that owns its schema. The packer and the zip
-// synthesiser build one and serialise it; Package::open validates it (simdjson) and parses it into
+// synthesiser build one and serialise it; Package::open validates it (RapidJSON SAX) and parses it into
 // this type on first use, once, and every reader -- xattrs, inspect, the FUSE layer -- uses the
 // result (building it for 10,000 files was a third of a mount's time, and a mount rarely needs it).
 //

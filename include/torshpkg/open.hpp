@@ -15,6 +15,7 @@ namespace torshpkg {
 
 struct OpenOptions {
   ChunkDigests digests = ChunkDigests::kVerify;
+  ManifestCheck manifest_check = ManifestCheck::kAtOpen;  // .tpkg only: a zip's manifest is built, not read
   // Also open containers other than .tpkg (zip archives, whose index is synthesised).
   bool any_container = false;
   // Such containers cannot be signed: without this, recognising one is a TrustError, before any

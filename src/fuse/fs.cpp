@@ -561,6 +561,12 @@ void reply_xattr_bytes(fuse_req_t req, std::string_view bytes, size_t size) {
 }  // namespace
 
 void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  // ls and cp ask for security.* and system.* names on every file: answer those without building
+  // the list, which parses the manifest on first use.
+  if (!std::string_view(name).starts_with("user.torshpkg.")) {
+    fuse_reply_err(req, ENODATA);
+    return;
+  }
   for (const auto &[key, value] : xattrs(ino)) {
     if (key != name) continue;
     reply_xattr_bytes(req, value, size);

@@ -21,6 +21,7 @@
 #include "torshpkg/exit_codes.hpp"
 #include "torshpkg/open.hpp"
 #include "torshpkg/resolve.hpp"
+#include "torshpkg/signing.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/version.hpp"
 
@@ -58,6 +59,7 @@ OpenOptions open_options(const Options &opts, const std::string &location, const
                          std::shared_ptr<ChunkStore> &store) {
   OpenOptions o;
   o.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify;
+  o.manifest_check = ManifestCheck::kOnFirstUse;  // xattrs and -o deps read it; files never do
   o.any_container = true;
   o.allow_unsigned = opts.allow_unsigned;
   if (!is_remote_location(location)) return o;
@@ -235,6 +237,7 @@ int serve(const Options &opts) {
 // The one place where exceptions become exit codes: exit_code_for(), shared with torshpkg(1).
 int run(int argc, char **argv) {
   try {
+    init_openssl();
     const auto opts = parse_options(argc, argv);
     if (opts.help) {
       std::fputs(kUsageText, stdout);

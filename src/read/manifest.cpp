@@ -1,7 +1,13 @@
 #include "torshpkg/manifest.hpp"
 
 #include <fmt/format.h>
-#include <simdjson.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <vector>
 
 #include "torshpkg/errors.hpp"
 #include "torshpkg/format.hpp"
@@ -28,42 +34,11 @@ Json file_json(const ManifestFile &f) {
   return j;
 }
 
-std::string string_or_empty(simdjson::dom::element e) {
-  std::string_view v;
-  return e.get_string().get(v) ? std::string() : std::string(v);
-}
-
-std::uint64_t uint_or(simdjson::dom::element e, std::uint64_t fallback = 0) {
-  std::uint64_t v = 0;
-  return e.get_uint64().get(v) ? fallback : v;
-}
-
-ManifestFile parse_file(std::string_view path, simdjson::dom::object f) {
-  ManifestFile out;
-  out.path = path;
-  for (const auto field : f) {
-    if (field.key == "kind") out.kind = string_or_empty(field.value);
-    if (field.key == "size") out.size = uint_or(field.value);
-    if (field.key == "sha256") out.sha256 = from_hex(string_or_empty(field.value));
-    simdjson::dom::object st;
-    if (field.key == "safetensors" && !field.value.get_object().get(st)) {
-      ManifestFile::Safetensors s;
-      if (auto t = st["tensors"]; !t.error()) s.tensors = uint_or(t.value_unsafe());
-      if (auto p = st["parameters"]; !p.error()) s.parameters = uint_or(p.value_unsafe());
-      simdjson::dom::object dt;
-      if (!st["dtypes"].get_object().get(dt))
-        for (const auto d : dt) s.dtypes[std::string(d.key)] = uint_or(d.value);
-      out.safetensors = std::move(s);
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 Json Manifest::formats_json() const {
   if (formats_text.empty()) return formats;
-  return Json::parse(formats_text);  // minified by simdjson from a validated document
+  return Json::parse(formats_text);  // minified by parse() from a validated document
 }
 
 Json Manifest::to_json() const {
@@ -103,70 +78,280 @@ std::string Manifest::serialize() const {
 }
 
 namespace {
-// The manifest's top-level object; `parser` and `padded` own what it points into.
-simdjson::dom::object parse_root(simdjson::dom::parser &parser, const simdjson::padded_string &padded) {
-  simdjson::dom::element root;
-  if (const auto err = parser.parse(padded).get(root); err)
-    throw FormatError(fmt::format("manifest is not valid JSON: {}", simdjson::error_message(err)));
-  simdjson::dom::object obj;
-  if (root.get_object().get(obj)) throw FormatError("manifest is not a JSON object");
-  return obj;
+
+// One pass of RapidJSON's SAX reader builds the Manifest directly: no DOM, so an unknown or
+// mistyped value, however large, costs its parse and nothing else, and `formats` is copied as
+// minified text by forwarding its events to a writer. Iterative parsing (no recursion on nesting),
+// UTF-8 checked, one value and nothing after it, as RFC 8259 says.
+constexpr unsigned kReadFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag;
+// Deeper nesting is refused: the reader's own stack grows by a word per level, and a hostile
+// 64 MiB of '[' must not cost hundreds of megabytes.
+constexpr int kMaxDepth = 1024;
+
+// What both handlers share: the refusals that read_json_object() reports.
+struct Refusals {
+  bool not_object = false;  // the top-level value is not an object
+  bool too_deep = false;
+  int depth = 0;
+  bool enter() {
+    too_deep = ++depth > kMaxDepth;
+    return !too_deep;
+  }
+  bool leave() {
+    --depth;
+    return true;
+  }
+};
+
+// Where the reader is: each open object or array pushes one of these.
+enum class At : std::uint8_t {
+  kRoot,
+  kAuthors,
+  kDependencies,
+  kDependency,
+  kFormats,
+  kFiles,
+  kFile,
+  kSafetensors,
+  kDtypes,
+  kSkip
+};
+
+class ManifestHandler : public Refusals {
+ public:
+  Manifest manifest;
+  bool has_files = false;
+
+  bool Null() {
+    return forward([](auto &w) { return w.Null(); }) || scalar();
+  }
+  bool Bool(bool b) {
+    return forward([&](auto &w) { return w.Bool(b); }) || scalar();
+  }
+  bool Int(int i) {
+    return forward([&](auto &w) { return w.Int(i); }) || scalar();
+  }
+  bool Int64(std::int64_t i) {
+    return forward([&](auto &w) { return w.Int64(i); }) || scalar();
+  }
+  bool Uint(unsigned u) { return Uint64(u); }
+  bool Uint64(std::uint64_t u) {
+    return forward([&](auto &w) { return w.Uint64(u); }) || scalar(nullptr, u);
+  }
+  bool Double(double d) {
+    return forward([&](auto &w) { return w.Double(d); }) || scalar();
+  }
+  bool RawNumber(const char *, rapidjson::SizeType, bool) { return scalar(); }  // not enabled
+  bool String(const char *s, rapidjson::SizeType n, bool) {
+    if (forward([&](auto &w) { return w.String(s, n); })) return true;
+    const std::string_view v(s, n);
+    return scalar(&v);
+  }
+  bool Key(const char *s, rapidjson::SizeType n, bool) {
+    if (skip_depth_ > 0) return true;
+    if (forward([&](auto &w) { return w.Key(s, n); })) return true;
+    key_.assign(s, n);
+    return true;
+  }
+  bool StartObject() { return open(true); }
+  bool StartArray() { return open(false); }
+  bool EndObject(rapidjson::SizeType) { return close(true); }
+  bool EndArray(rapidjson::SizeType) { return close(false); }
+
+ private:
+  // Inside `formats`, every event goes to the writer. Returns whether it did.
+  template <class F>
+  bool forward(F &&f) {
+    if (skip_depth_ > 0 || stack_.empty() || stack_.back() != At::kFormats) return false;
+    f(formats_writer_);
+    return true;
+  }
+
+  // A scalar: kept when the place and the key say what it is and its type fits; ignored otherwise.
+  bool scalar(const std::string_view *str = nullptr, std::optional<std::uint64_t> num = std::nullopt) {
+    if (stack_.empty()) {
+      not_object = true;
+      return false;
+    }
+    if (skip_depth_ > 0) return true;
+    auto &m = manifest;
+    const std::string_view k = key_;
+    switch (stack_.back()) {
+      case At::kRoot:
+        if (str) {
+          if (k == "name")
+            m.name = *str;
+          else if (k == "version")
+            m.version = *str;
+          else if (k == "description")
+            m.description = *str;
+          else if (k == "license")
+            m.license = *str;
+          else if (k == "created")
+            m.created = *str;
+          else if (k == "tool")
+            m.tool = *str;
+          else if (k == "source")
+            m.source = *str;
+        } else if (num) {
+          if (k == "manifest_version")
+            m.manifest_version = *num;
+          else if (k == "chunk_size")
+            m.chunk_size = *num;
+        }
+        break;
+      case At::kAuthors:
+        if (str) m.authors.emplace_back(*str);
+        break;
+      case At::kDependency:
+        if (str && k == "name") dependency_.name = *str;
+        if (str && k == "range") dependency_.range = *str;
+        break;
+      case At::kFile:
+        if (str && k == "kind") file_.kind = *str;
+        if (str && k == "sha256") file_.sha256 = from_hex(*str);
+        if (k == "size") file_.size = num.value_or(0);
+        break;
+      case At::kSafetensors:
+        if (k == "tensors") safetensors_.tensors = num.value_or(0);
+        if (k == "parameters") safetensors_.parameters = num.value_or(0);
+        break;
+      case At::kDtypes: safetensors_.dtypes[key_] = num.value_or(0); break;
+      default: break;
+    }
+    return true;
+  }
+
+  bool open(bool object) {
+    if (!enter()) return false;
+    if (skip_depth_ > 0) return ++skip_depth_, true;
+    if (forward([&](auto &w) { return object ? w.StartObject() : w.StartArray(); })) {
+      ++formats_depth_;
+      return true;
+    }
+    if (stack_.empty()) {
+      if (!object) {
+        not_object = true;
+        return false;
+      }
+      stack_.push_back(At::kRoot);
+      return true;
+    }
+    const std::string_view k = key_;
+    At next = At::kSkip;
+    switch (stack_.back()) {
+      case At::kRoot:
+        if (!object && k == "authors")
+          next = At::kAuthors;
+        else if (!object && k == "dependencies")
+          next = At::kDependencies;
+        else if (object && k == "files")
+          next = At::kFiles, has_files = true;
+        else if (object && k == "formats") {
+          next = At::kFormats;  // a later "formats" replaces an earlier one
+          formats_text_.Clear();
+          formats_writer_.Reset(formats_text_);
+          formats_writer_.StartObject();
+          formats_depth_ = 0;
+        }
+        break;
+      case At::kDependencies:
+        if (object) next = At::kDependency, dependency_ = {};
+        break;
+      case At::kFiles:
+        if (object) next = At::kFile, file_ = {}, file_.path = key_;
+        break;
+      case At::kFile:
+        if (object && k == "safetensors") next = At::kSafetensors, safetensors_ = {};
+        break;
+      case At::kSafetensors:
+        if (object && k == "dtypes") next = At::kDtypes;
+        break;
+      default: break;
+    }
+    if (next == At::kSkip)
+      skip_depth_ = 1;
+    else
+      stack_.push_back(next);
+    return true;
+  }
+
+  bool close(bool object) {
+    leave();
+    if (skip_depth_ > 0) return --skip_depth_, true;
+    if (!stack_.empty() && stack_.back() == At::kFormats) {
+      if (object)
+        formats_writer_.EndObject();
+      else
+        formats_writer_.EndArray();
+      if (formats_depth_-- > 0) return true;  // a value inside formats ended
+      manifest.formats_text.assign(formats_text_.GetString(), formats_text_.GetSize());
+    }
+    const At done = stack_.back();
+    stack_.pop_back();
+    if (done == At::kDependency) manifest.dependencies.push_back(std::move(dependency_));
+    if (done == At::kFile) manifest.files.push_back(std::move(file_));
+    if (done == At::kSafetensors) file_.safetensors = std::move(safetensors_);
+    return true;
+  }
+
+  std::vector<At> stack_;  // at most 6 deep: below what it knows, skip_depth_ counts
+  int skip_depth_ = 0;     // > 0: inside a value nobody reads
+  std::string key_;        // the last key read in the innermost object
+  Dependency dependency_;
+  ManifestFile file_;
+  ManifestFile::Safetensors safetensors_;
+  rapidjson::StringBuffer formats_text_;
+  rapidjson::Writer<rapidjson::StringBuffer> formats_writer_;
+  int formats_depth_ = 0;  // objects and arrays open inside formats
+};
+
+// Runs `handler` over `text`; throws FormatError unless it is one JSON object.
+template <class Handler>
+void read_json_object(std::string_view text, Handler &handler) {
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(text.data(), text.size());
+  const rapidjson::ParseResult ok = reader.Parse<kReadFlags>(stream, handler);
+  if (handler.not_object) throw FormatError("manifest is not a JSON object");
+  if (handler.too_deep) throw FormatError(fmt::format("manifest nests deeper than {} levels", kMaxDepth));
+  if (!ok)
+    throw FormatError(
+        fmt::format("manifest is not valid JSON: {} at byte {}", rapidjson::GetParseError_En(ok.Code()), ok.Offset()));
+  // The reader stops at a NUL byte as at the end of its input: anything after the value is an error.
+  if (stream.Tell() != text.size())
+    throw FormatError(fmt::format("manifest is not valid JSON: a NUL byte at byte {}", stream.Tell()));
 }
+
+// Accepts every event, refuses a top-level value that is not an object.
+struct ObjectValidator : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ObjectValidator>, Refusals {
+  bool seen_first = false;
+  bool Default() { return first(false); }
+  bool StartObject() { return first(true) && enter(); }
+  bool StartArray() { return first(false) && enter(); }
+  bool EndObject(rapidjson::SizeType) { return leave(); }
+  bool EndArray(rapidjson::SizeType) { return leave(); }
+
+ private:
+  bool first(bool object) {
+    if (seen_first) return true;
+    seen_first = true;
+    not_object = !object;
+    return object;
+  }
+};
+
 }  // namespace
 
 void Manifest::validate(std::string_view text) {
-  simdjson::dom::parser parser;
-  const simdjson::padded_string padded(text);
-  (void)parse_root(parser, padded);
+  ObjectValidator v;
+  read_json_object(text, v);
 }
 
 Manifest Manifest::parse(std::string_view text) {
-  simdjson::dom::parser parser;
-  const simdjson::padded_string padded(text);
-  const simdjson::dom::object obj = parse_root(parser, padded);
-  Manifest m;
-  bool has_files = false;
-  for (const auto field : obj) {
-    const std::string_view key = field.key;
-    const auto v = field.value;
-    if (key == "manifest_version") m.manifest_version = uint_or(v, m.manifest_version);
-    else if (key == "name") m.name = string_or_empty(v);
-    else if (key == "version") m.version = string_or_empty(v);
-    else if (key == "description") m.description = string_or_empty(v);
-    else if (key == "license") m.license = string_or_empty(v);
-    else if (key == "created") m.created = string_or_empty(v);
-    else if (key == "tool") m.tool = string_or_empty(v);
-    else if (key == "source") m.source = string_or_empty(v);
-    else if (key == "chunk_size") m.chunk_size = uint_or(v);
-    else if (key == "authors") {
-      simdjson::dom::array a;
-      if (!v.get_array().get(a))
-        for (const auto x : a)
-          if (x.is_string()) m.authors.push_back(string_or_empty(x));
-    } else if (key == "dependencies") {
-      simdjson::dom::array a;
-      if (!v.get_array().get(a))
-        for (const auto d : a) {
-          simdjson::dom::object o;
-          if (d.get_object().get(o)) continue;
-          Dependency dep;
-          if (auto n = o["name"]; !n.error()) dep.name = string_or_empty(n.value_unsafe());
-          if (auto r = o["range"]; !r.error()) dep.range = string_or_empty(r.value_unsafe());
-          m.dependencies.push_back(std::move(dep));
-        }
-    } else if (key == "formats") {
-      if (v.is_object()) m.formats_text = simdjson::minify(v);
-    } else if (key == "files") {
-      simdjson::dom::object files;
-      if (v.get_object().get(files)) continue;
-      has_files = true;
-      for (const auto f : files) {
-        simdjson::dom::object fo;
-        if (!f.value.get_object().get(fo)) m.files.push_back(parse_file(f.key, fo));
-      }
-    }
-  }
-  if (!m.source.empty() && !has_files) m.kind = Kind::kSynthesized;
+  ManifestHandler h;
+  read_json_object(text, h);
+  Manifest m = std::move(h.manifest);
+  if (!m.source.empty() && !h.has_files) m.kind = Kind::kSynthesized;
   return m;
 }
 

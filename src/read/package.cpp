@@ -71,7 +71,7 @@ std::shared_ptr<const Package> Package::open(const std::string &path, ChunkDiges
 }
 
 std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> source, ChunkDigests digests,
-                                             std::shared_ptr<ChunkStore> store) {
+                                             std::shared_ptr<ChunkStore> store, ManifestCheck manifest_check) {
   std::shared_ptr<Package> p(new Package());
   p->source_ = std::move(source);
   const auto &name = p->source_->name();
@@ -87,6 +87,7 @@ std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> 
     std::vector<std::uint8_t> index(p->locate(tail));
     p->source_->read(p->footer_.index_offset, index);
     p->load(head, tail, std::move(index));
+    if (manifest_check == ManifestCheck::kAtOpen) Manifest::validate(p->manifest_text());
   } catch (const FormatError &e) {
     throw FormatError(fmt::format("{}: {}", name, e.what()));
   } catch (const IntegrityError &e) {
@@ -157,8 +158,6 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
   if (root.finish() != footer_.root_digest) throw IntegrityError("index or manifest is damaged (root digest mismatch)");
   validate_chunks();
   validate_inodes();
-  // Checked now, so that a malformed manifest refuses the mount; built when first asked for.
-  Manifest::validate(manifest_text());
   signatures_ = parse_signature_block(signature_block);
 }
 
@@ -415,7 +414,13 @@ std::string Package::codec_summary(std::uint32_t ino) const {
 }
 
 const Manifest &Package::manifest() const {
-  std::call_once(manifest_once_, [this] { manifest_ = Manifest::parse(manifest_text()); });
+  std::call_once(manifest_once_, [this] {
+    try {
+      manifest_ = Manifest::parse(manifest_text());
+    } catch (const FormatError &e) {
+      throw FormatError(fmt::format("{}: {}", path(), e.what()));  // as open() names it
+    }
+  });
   return manifest_;
 }
 

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <sys/stat.h>
@@ -245,6 +246,10 @@ std::string PrivateKey::pem(const std::string &passphrase) const {
                                     static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
     throw InternalError("OpenSSL: cannot write the private key: " + openssl_error());
   return bio_text(bio.get());
+}
+
+void init_openssl() {
+  if (OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr) != 1) throw InternalError("OpenSSL: cannot initialise");
 }
 
 std::string prompt_new_passphrase(const std::string &what) {

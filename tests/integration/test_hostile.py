@@ -262,13 +262,36 @@ def main():
             ("a chunk stored size of 4 GiB - 1", set_chunk(data, eg["first"], "stored", (1 << 32) - 1)),
             ("an unknown codec", set_chunk(data, eg["first"], "codec", 9)),
             ("unknown chunk flags", set_chunk(data, eg["first"], "flags", 1)),
-            ("a manifest that is not JSON", replace_manifest(data, b'{"name": "x", "files": {')),
-            ("a manifest that is a JSON array", replace_manifest(data, b"[1, 2, 3]")),
             ("a root entry named .torshpkg", put(set_inode(data, a, "name_length", 9), L.st + name_a,
                                                  "<9s", b".torshpkg")),
         ]
         for label, blob in resealed:
             case(f"resealed: {label}", reseal(blob))
+        # The driver parses the manifest on first use (ManifestCheck::kOnFirstUse): such a package
+        # mounts and serves its files; its user.torshpkg.* attributes fail with EIO; the CLI refuses it.
+        for n, (label, blob) in enumerate((("a manifest that is not JSON", b'{"name": "x", "files": {'),
+                                           ("a manifest that is a JSON array", b"[1, 2, 3]"))):
+            label = f"resealed: {label}"
+            bad_manifest = os.path.join(h.tmp, f"bad-manifest-{n}.tpkg")
+            with open(bad_manifest, "wb") as f:
+                f.write(reseal(replace_manifest(data, blob)))
+            for verb in ("inspect", "verify"):
+                r = h.tpkg(verb, bad_manifest, timeout=60)
+                h.check(f"{label}: torshpkg {verb} exits 4 naming the manifest",
+                        r.returncode == 4 and "manifest" in r.stderr, f"exit {r.returncode}: {tail(r.stderr, 300)}")
+            dm = os.path.join(h.tmp, f"mnt-bad-manifest-{n}")
+            rc, log = h.mount(bad_manifest, dm)
+            if h.check(f"{label}: mounts (the manifest is not read at mount)", rc == 0 and os.path.ismount(dm),
+                       f"exit {rc}: {tail(log)}"):
+                got, err = read_all(os.path.join(dm, "good.bin"))
+                h.check(f"{label}: a file reads right", err is None and got == files["good.bin"], f"errno {err}")
+                try:
+                    os.getxattr(dm, "user.torshpkg.name")
+                    xerr = None
+                except OSError as e:
+                    xerr = e.errno
+                h.check(f"{label}: user.torshpkg.name fails with EIO", xerr == errno.EIO, f"errno {xerr}")
+                h.unmount(dm)
         # extract must refuse the escaping names before writing anything
         for label, blob in (("..", dot_dot), ("/", slash)):
             with open(bad, "wb") as f:

@@ -882,6 +882,27 @@ TEST_CASE("the manifest must be one JSON object (digest recomputed)") {
         })) == std::string("no exception"));
 }
 
+TEST_CASE("ManifestCheck::kOnFirstUse: a malformed manifest opens, and manifest() refuses it every time") {
+  auto &s = small();
+  Image img(s.image);
+  img.b[img.manifest_at()] = '[';
+  img.reroot();
+  const auto open_lazily = [&] {
+    return Package::open(std::make_shared<MemorySource>(img.b, "lazy"), ChunkDigests::kVerify, nullptr,
+                         ManifestCheck::kOnFirstUse);
+  };
+  CHECK(outcome_from_bytes(img.b) == std::string("FormatError"));  // the default checks at open
+  std::shared_ptr<const Package> p;
+  REQUIRE_NOTHROW(p = open_lazily());
+  for (int attempt = 0; attempt < 2; ++attempt) CHECK_THROWS_AS((void)p->manifest(), FormatError);
+  Reader r(p, 1 << 20);
+  for (std::uint32_t i = 0; i < p->inode_count(); ++i) {
+    if (p->type(i) != f::NodeType::kRegular) continue;
+    th::Bytes buf(static_cast<std::size_t>(std::min<std::uint64_t>(p->inode(i).size, 1 << 16)));
+    CHECK_NOTHROW((void)r.read(i, 0, buf));  // the files do not depend on it
+  }
+}
+
 TEST_CASE("a root entry named .torshpkg inside a package is refused") {
   th::TempDir dir;
   const auto src = dir / "src";

@@ -621,7 +621,7 @@ TEST_CASE("Manifest: unknown top-level keys are accepted and skipped") {
 }
 
 TEST_CASE("Manifest: formats are kept as text and round-trip byte for byte, numbers included") {
-  // Every number form nlohmann writes must come back as the same text after simdjson minified it.
+  // Every number form nlohmann writes must come back as the same text after parse() minified it.
   const std::string in =
       R"({"files": {}, "formats": {"x": {"f": 0.5, "k": "v"}, "a": [0, 1, -1, 0.1, 1.0, 2.5e-300, 1e300, -0.0,)"
       R"( 123456789.125, 18446744073709551615, -9223372036854775808, "\u00e9\n\"q\"", "é"]}})";
@@ -645,10 +645,10 @@ TEST_CASE("Manifest: formats are kept as text and round-trip byte for byte, numb
   CHECK(built.serialize() == text);
 }
 
-// KNOWN LIMITATION (as old as the simdjson validation at open): simdjson refuses integers past
-// 2^64 - 1 and doubles past
-// DBL_MAX ("Problem while parsing a number"), which are valid JSON, so a manifest from another writer
-// carrying one anywhere (even in a field this reader skips) is "not valid JSON". may_fail until fixed.
+// KNOWN LIMITATION (as old as the validation at open): the reader refuses doubles past DBL_MAX
+// (RapidJSON: "Number too big to be stored in double"; integers past 64 bits become doubles), which are valid JSON, so
+// a manifest from another writer carrying one anywhere (even in a field this reader skips) is "not valid JSON".
+// may_fail until fixed.
 TEST_CASE("Manifest: valid JSON with a number past 64 bits is not a format error" * doctest::may_fail()) {
   for (const std::string v : {"18446744073709551616", "-9223372036854775809", "1e400"}) {
     CAPTURE(v);
@@ -656,6 +656,37 @@ TEST_CASE("Manifest: valid JSON with a number past 64 bits is not a format error
     CHECK_NOTHROW(m = Manifest::parse(std::string(R"({"name": "n", "files": {}, "later": )") + v + "}"));
     CHECK(m.name == "n");
   }
+}
+
+TEST_CASE("Manifest: nesting past 1,024 levels and bytes after a NUL are FormatErrors; validate agrees") {
+  auto nested = [](int levels, char open, char close) {
+    return std::string(R"({"name": "n", "deep": )") + std::string(static_cast<std::size_t>(levels), open) +
+           std::string(static_cast<std::size_t>(levels), close) + "}";
+  };
+  // The root object is level 1: 1,023 more fit.
+  for (const auto &[open, close] : {std::pair{'[', ']'}}) {
+    const std::string ok = nested(1023, open, close), deep = nested(1024, open, close);
+    CHECK(Manifest::parse(ok).name == "n");
+    CHECK_NOTHROW(Manifest::validate(ok));
+    try {
+      (void)Manifest::parse(deep);
+      FAIL("no exception");
+    } catch (const FormatError &e) {
+      CHECK(th::contains(e.what(), "deeper than 1024"));
+    }
+    CHECK_THROWS_AS(Manifest::validate(deep), FormatError);
+  }
+  std::string deep_objects = R"({"name": "n", "deep": )";
+  for (int i = 0; i < 2000; ++i) deep_objects += R"({"k": )";
+  deep_objects += "1" + std::string(2001, '}');
+  CHECK_THROWS_AS((void)Manifest::parse(deep_objects), FormatError);
+  CHECK_THROWS_AS(Manifest::validate(deep_objects), FormatError);
+  // The reader takes a NUL for the end of its input: what follows must still be refused.
+  for (const auto &bad : {std::string("{}\0", 3), std::string("{}\0{}", 5), std::string("{} \0 x", 6)}) {
+    CHECK_THROWS_AS((void)Manifest::parse(bad), FormatError);
+    CHECK_THROWS_AS(Manifest::validate(bad), FormatError);
+  }
+  CHECK_THROWS_AS((void)Manifest::parse(std::string("{\"a\": \"x\0y\"}", 12)), FormatError);
 }
 
 TEST_CASE("Manifest: not JSON, or not an object, is a FormatError") {
