@@ -28,7 +28,7 @@ def main():
     asan = os.environ.get("ASAN_OPTIONS", "")
     check_env = dict(os.environ, ASAN_OPTIONS=(asan + ":" if asan else "") + "quarantine_size_mb=64")
     # meson sets MALLOC_PERTURB_, which makes glibc fill every allocation and so turns memory that is
-    # reserved but never touched (simdjson sizes its buffers for the worst case) into resident memory.
+    # reserved but never touched (buffers sized for the worst case) into resident memory.
     check_env.pop("MALLOC_PERTURB_", None)
     rc = subprocess.run([check, corpus, "--time-budget", "10", "--rss-budget", "512"], env=check_env).returncode
     if rc == 0 and os.environ.get("TORSHPKG_KEEP_CORPUS") != "1":
