@@ -86,12 +86,6 @@ class PrivateKey {
   std::shared_ptr<evp_pkey_st> key_;
 };
 
-// Call first thing in main(): OpenSSL without openssl.cnf. We use only Ed25519 and AES of the default
-// provider, and reading and applying the system file cost a cold mount 2.5 ms (a static test
-// program doing one EVP digest after drop_caches: 14.0 -> 11.5 ms, median of 11). TLS is libcurl's,
-// with its own libssl and libcrypto, which read the file as they always do.
-void init_openssl();
-
 // Asks twice on the terminal (no echo); throws UsageError when stdin is not a terminal or the two differ.
 [[nodiscard]] std::string prompt_new_passphrase(const std::string &what);
 

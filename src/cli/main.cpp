@@ -104,7 +104,6 @@ int help_command(CLI::App &app, int argc, char **argv) {
 }
 
 int run(int argc, char **argv) {
-  init_openssl();
   CLI::App app{"torshpkg: pack, inspect and verify .tpkg model packages", "torshpkg"};
   app.set_version_flag("--version", std::string("torshpkg ") + kVersion);
   app.require_subcommand(1);

@@ -237,7 +237,6 @@ int serve(const Options &opts) {
 // The one place where exceptions become exit codes: exit_code_for(), shared with torshpkg(1).
 int run(int argc, char **argv) {
   try {
-    init_openssl();
     const auto opts = parse_options(argc, argv);
     if (opts.help) {
       std::fputs(kUsageText, stdout);

@@ -2,9 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/crypto.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,23 +18,24 @@ namespace torshpkg {
 
 namespace {
 
+using openssl::api;
 using openssl::UniqueBio;
 using openssl::UniqueMdCtx;
 using openssl::UniquePkey;
 
 // The newest OpenSSL error as text, and the queue cleared, for messages that name the cause.
 std::string openssl_error() {
-  const unsigned long e = ERR_get_error();
-  ERR_clear_error();
+  const unsigned long e = api().ERR_get_error();
+  api().ERR_clear_error();
   if (e == 0) return "unknown OpenSSL error";
   char buf[256];
-  ERR_error_string_n(e, buf, sizeof buf);
+  api().ERR_error_string_n(e, buf, sizeof buf);
   return buf;
 }
 
 std::string bio_text(BIO *bio) {
   char *data = nullptr;
-  const long n = BIO_get_mem_data(bio, &data);
+  const long n = api().BIO_ctrl(bio, BIO_CTRL_INFO, 0, reinterpret_cast<char *>(&data));  // BIO_get_mem_data
   return std::string(data, static_cast<std::size_t>(n));
 }
 
@@ -78,12 +76,12 @@ int passphrase_callback(char *buf, int size, int /*rwflag*/, void *u) {
     return -1;
   }
   const std::string prompt = fmt::format("Passphrase for {}: ", *req->path);
-  if (EVP_read_pw_string(buf, size, prompt.c_str(), 0) != 0) return -1;
+  if (api().EVP_read_pw_string(buf, size, prompt.c_str(), 0) != 0) return -1;
   return static_cast<int>(std::strlen(buf));
 }
 
 bool is_ed25519(const UniquePkey &k) {
-  return EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519;
+  return api().EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519;
 }
 
 }  // namespace
@@ -152,17 +150,17 @@ PublicKey::PublicKey(evp_pkey_st *key, std::string source)
     : key_(openssl::SharedPkey(UniquePkey(key))), source_(std::move(source)) {
   std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
   std::size_t len = raw.size();
-  if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
+  if (api().EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
     throw InternalError("OpenSSL: cannot read the raw public key: " + openssl_error());
   id_ = sha256(raw);
 }
 
 PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
-  UniqueBio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  UniqueBio bio(api().BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) throw InternalError("OpenSSL: out of memory");
-  UniquePkey k(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
+  UniquePkey k(api().PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
   if (!k) {
-    ERR_clear_error();
+    api().ERR_clear_error();
     throw UsageError(fmt::format("{}: not a PEM public key", what));
   }
   if (!is_ed25519(k)) throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", what));
@@ -175,18 +173,18 @@ PublicKey PublicKey::load(const std::string &path) {
 
 bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signature) const {
   if (signature.size() != kEd25519SignatureSize) return false;
-  UniqueMdCtx ctx(EVP_MD_CTX_new());
-  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
+  UniqueMdCtx ctx(api().EVP_MD_CTX_new());
+  if (!ctx || api().EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
     throw InternalError("OpenSSL: cannot start a verification: " + openssl_error());
   const auto msg = signed_message(root);
-  const int ok = EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), msg.data(), msg.size());
-  ERR_clear_error();
+  const int ok = api().EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), msg.data(), msg.size());
+  api().ERR_clear_error();
   return ok == 1;
 }
 
 std::string PublicKey::pem() const {
-  UniqueBio bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1)
+  UniqueBio bio(api().BIO_new(api().BIO_s_mem()));
+  if (!bio || api().PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1)
     throw InternalError("OpenSSL: cannot write a public key: " + openssl_error());
   return bio_text(bio.get());
 }
@@ -194,19 +192,19 @@ std::string PublicKey::pem() const {
 PrivateKey::PrivateKey(evp_pkey_st *key) : key_(openssl::SharedPkey(UniquePkey(key))) {}
 
 PrivateKey PrivateKey::generate() {
-  UniquePkey k(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  UniquePkey k(api().EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
   if (!k) throw InternalError("OpenSSL: Ed25519 key generation failed: " + openssl_error());
   return PrivateKey(k.release());
 }
 
 PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase) {
   const std::string text = read_small_file(path, 64 << 10);
-  UniqueBio bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+  UniqueBio bio(api().BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
   if (!bio) throw InternalError("OpenSSL: out of memory");
   PassphraseRequest req{&passphrase, &path};
-  UniquePkey k(PEM_read_bio_PrivateKey(bio.get(), nullptr, passphrase_callback, &req));
+  UniquePkey k(api().PEM_read_bio_PrivateKey(bio.get(), nullptr, passphrase_callback, &req));
   if (!k) {
-    ERR_clear_error();
+    api().ERR_clear_error();
     if (req.unanswered) throw UsageError(fmt::format("{}: the key is encrypted: give --passphrase-file", path));
     if (text.find("ENCRYPTED") != std::string::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
     throw UsageError(fmt::format("{}: not a PEM private key", path));
@@ -218,9 +216,9 @@ PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::st
 PublicKey PrivateKey::public_key() const {
   std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
   std::size_t len = raw.size();
-  if (EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
+  if (api().EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
     throw InternalError("OpenSSL: cannot read the public key: " + openssl_error());
-  UniquePkey pub(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size()));
+  UniquePkey pub(api().EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size()));
   if (!pub) throw InternalError("OpenSSL: cannot build the public key: " + openssl_error());
   return PublicKey(pub.release(), "private key");
 }
@@ -228,28 +226,26 @@ PublicKey PrivateKey::public_key() const {
 SignatureEntry PrivateKey::sign(const Digest &root) const {
   SignatureEntry e;
   e.key_id = public_key().id();
-  UniqueMdCtx ctx(EVP_MD_CTX_new());
-  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
+  UniqueMdCtx ctx(api().EVP_MD_CTX_new());
+  if (!ctx || api().EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1)
     throw InternalError("OpenSSL: cannot start signing: " + openssl_error());
   const auto msg = signed_message(root);
   std::size_t len = e.signature.size();
-  if (EVP_DigestSign(ctx.get(), e.signature.data(), &len, msg.data(), msg.size()) != 1 || len != e.signature.size())
+  if (api().EVP_DigestSign(ctx.get(), e.signature.data(), &len, msg.data(), msg.size()) != 1 ||
+      len != e.signature.size())
     throw InternalError("OpenSSL: signing failed: " + openssl_error());
   return e;
 }
 
 std::string PrivateKey::pem(const std::string &passphrase) const {
-  UniqueBio bio(BIO_new(BIO_s_mem()));
+  UniqueBio bio(api().BIO_new(api().BIO_s_mem()));
   if (!bio) throw InternalError("OpenSSL: out of memory");
-  const EVP_CIPHER *cipher = passphrase.empty() ? nullptr : EVP_aes_256_cbc();
-  if (PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), cipher, passphrase.empty() ? nullptr : passphrase.data(),
-                                    static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
+  const EVP_CIPHER *cipher = passphrase.empty() ? nullptr : api().EVP_aes_256_cbc();
+  if (api().PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), cipher,
+                                          passphrase.empty() ? nullptr : passphrase.data(),
+                                          static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
     throw InternalError("OpenSSL: cannot write the private key: " + openssl_error());
   return bio_text(bio.get());
-}
-
-void init_openssl() {
-  if (OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr) != 1) throw InternalError("OpenSSL: cannot initialise");
 }
 
 std::string prompt_new_passphrase(const std::string &what) {
@@ -257,10 +253,10 @@ std::string prompt_new_passphrase(const std::string &what) {
   std::array<char, 1025> buf{};
   const std::string prompt = fmt::format("Passphrase for {}: ", what);
   // verify=1: OpenSSL asks twice and fails when the answers differ.
-  if (EVP_read_pw_string(buf.data(), static_cast<int>(buf.size()), prompt.c_str(), 1) != 0)
+  if (api().EVP_read_pw_string(buf.data(), static_cast<int>(buf.size()), prompt.c_str(), 1) != 0)
     throw UsageError("passphrases do not match (or reading it failed)");
   std::string p(buf.data());
-  OPENSSL_cleanse(buf.data(), buf.size());
+  api().OPENSSL_cleanse(buf.data(), buf.size());
   return p;
 }
 
