@@ -7,7 +7,6 @@
 
 #include "cli.hpp"
 #include "torshpkg/exit_codes.hpp"
-#include "torshpkg/signing.hpp"
 #include "torshpkg/version.hpp"
 
 namespace torshpkg::cli {

@@ -21,7 +21,6 @@
 #include "torshpkg/exit_codes.hpp"
 #include "torshpkg/open.hpp"
 #include "torshpkg/resolve.hpp"
-#include "torshpkg/signing.hpp"
 #include "torshpkg/trust_policy.hpp"
 #include "torshpkg/version.hpp"
 
