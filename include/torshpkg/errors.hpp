@@ -56,6 +56,11 @@ struct NotFoundError : Error {
 struct ResolveError : Error {
   using Error::Error;
 };
+// The package is encrypted and none of the keys or passphrases given opens it (or none was given).
+// Exit 9; the mount refuses before mounting.
+struct KeyError : Error {
+  using Error::Error;
+};
 // Something that cannot fail for any input did: a library (OpenSSL, zstd, zlib, libzip, libfuse)
 // could not create a context, ran out of memory or refused a call its arguments are valid for, or an
 // invariant of this program broke (a bug). Nothing the user gave caused it, nor can change it.

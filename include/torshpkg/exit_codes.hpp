@@ -20,6 +20,7 @@ enum ExitCode : int {
   kNotFound = 6,       // NotFoundError: a path is not in the package
   kUntrusted = 7,      // TrustError: no signature from a trusted key, where one was required
   kUnresolved = 8,     // ResolveError: dependencies that no set of versions in the registry satisfies
+  kNoKey = 9,          // KeyError: an encrypted package that no key or passphrase given opens
   kInterrupted = 130,  // Interrupted: SIGINT/SIGTERM (128 + SIGINT, as shells report it)
 };
 }  // namespace exit_codes
@@ -38,7 +39,7 @@ struct ExitReport {
 
 // What `tool` exits with, and prints, for the exception `e` that ended it:
 //   UsageError 2, IoError 3 (torshpkg: 0 on EPIPE), FormatError 4, IntegrityError 5 ("damaged
-//   package: "), NotFoundError 6, TrustError 7, ResolveError 8 ("cannot resolve dependencies: "),
+//   package: "), NotFoundError 6, TrustError 7, ResolveError 8 ("cannot resolve dependencies: "), KeyError 9,
 //   Interrupted 130; InternalError, any other exception
 //   (std::bad_alloc, a bare Error, ...) and a null `e` 1.
 [[nodiscard]] ExitReport exit_report(const std::exception_ptr &e, Tool tool);

@@ -1,7 +1,7 @@
 // The .tpkg on-disk format, version 1. docs/FORMAT.md describes it byte by byte; keep both in step.
 //
 //   [header 64 B][chunk data ...][chunk table][inode table][string table][manifest JSON]
-//   [signature block (optional)][footer 128 B]
+//   [key block (encrypted packages)][signature block (optional)][footer 128 B]
 //
 // All integers are little-endian and fixed-width. Structures are encoded field by field.
 #pragma once
@@ -44,10 +44,10 @@ namespace compat {
 inline constexpr std::uint64_t kKnown = 0;
 }
 namespace incompat {
-inline constexpr std::uint64_t kEncrypted = 1ull << 0;  // reserved: chunk payloads are encrypted
+inline constexpr std::uint64_t kEncrypted = 1ull << 0;  // chunks (and maybe names) sealed: crypt.hpp
 inline constexpr std::uint64_t kBaseRefs = 1ull << 1;   // reserved: chunks may live in a base package
 inline constexpr std::uint64_t kFilters = 1ull << 2;    // chunks may use byte-grouping filters (ids 1-3)
-inline constexpr std::uint64_t kKnown = kFilters;       // what this reader implements
+inline constexpr std::uint64_t kKnown = kEncrypted | kFilters;  // what this reader implements
 }  // namespace incompat
 
 enum class Codec : std::uint8_t { kStored = 0, kZstd = 1 };
@@ -66,6 +66,11 @@ struct Header {
   std::uint64_t compat_flags = 0;
   std::uint64_t incompat_flags = 0;
   std::uint8_t chunk_shift = kDefaultChunkShift;
+  // With incompat::kEncrypted only (bytes 33..63, zero otherwise): cipher (1: AES-256-GCM), flags
+  // (bit 0: string table and manifest sealed) and the content key's check value.
+  std::uint8_t cipher = 0;
+  std::uint8_t crypt_flags = 0;
+  std::array<std::uint8_t, 24> key_check{};
 };
 
 struct Footer {

@@ -25,6 +25,9 @@ struct OpenOptions {
   RemoteOptions remote;
   // The disk chunk cache for remote packages (null: none). Local files never use it.
   std::shared_ptr<ChunkStore> store;
+  // Encrypted packages: the keys to try (none: KeyError, unless a locked package is allowed).
+  std::shared_ptr<const KeyRing> keys;
+  Package::Locked locked = Package::Locked::kRefused;
 };
 
 // True for locations a network backend serves (http, https, s3): they take RemoteOptions and the

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "torshpkg/chunk_source.hpp"
+#include "torshpkg/crypt.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/format.hpp"
 #include "torshpkg/manifest.hpp"
@@ -50,11 +51,17 @@ class Package {
   // Opens and validates a .tpkg from its source; throws FormatError (malformed), IntegrityError
   // (root digest mismatch), IoError.
   // With a `store`, chunks are looked up in (and verified ones added to) that disk chunk cache.
+  // An encrypted package is opened with the first key of `keys` that its key block admits; when
+  // none does it throws KeyError, unless `locked` is kAllowed: it then opens locked (inspect,
+  // verify): digests, signatures and sizes check, no chunk decodes, and sealed names stay hidden.
+  enum class Locked { kRefused, kAllowed };
   static std::shared_ptr<const Package> open(std::shared_ptr<const ChunkSource> source,
                                              ChunkDigests digests = ChunkDigests::kVerify,
                                              std::shared_ptr<ChunkStore> store = nullptr,
-                                             ManifestCheck manifest_check = ManifestCheck::kAtOpen);
-  static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify);
+                                             ManifestCheck manifest_check = ManifestCheck::kAtOpen,
+                                             const KeyRing *keys = nullptr, Locked locked = Locked::kRefused);
+  static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify,
+                                             const KeyRing *keys = nullptr, Locked locked = Locked::kRefused);
   // Validates an in-memory image of a whole package (tests, fuzzing).
   static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
   // A package over an index built from another container; the tree goes through the same checks.
@@ -75,6 +82,19 @@ class Package {
   [[nodiscard]] std::uint64_t manifest_end() const noexcept { return footer_.index_offset + index_.size(); }
   // Parsed at open (FormatError if malformed); checking them is trust_policy.hpp's job.
   [[nodiscard]] const std::vector<SignatureEntry> &signatures() const noexcept { return signatures_; }
+  // Encryption (header incompat bit 0). Locked: opened without a key (Locked::kAllowed).
+  [[nodiscard]] bool encrypted() const noexcept { return (header_.incompat_flags & format::incompat::kEncrypted) != 0; }
+  [[nodiscard]] bool locked() const noexcept { return encrypted() && !sealer_; }
+  // The string table and the manifest are sealed and this package is locked: no names, no manifest.
+  [[nodiscard]] bool names_hidden() const noexcept { return names_hidden_; }
+  [[nodiscard]] bool names_sealed() const noexcept { return (header_.crypt_flags & crypt::kFlagSealedNames) != 0; }
+  [[nodiscard]] const std::vector<KeyStanza> &key_stanzas() const noexcept { return key_stanzas_; }
+  // The key block as stored (before the signature block in the tail), for sign and rekey to keep.
+  [[nodiscard]] std::span<const std::uint8_t> key_block() const noexcept { return key_block_; }
+  // Which key block entry the key that opened it matched.
+  [[nodiscard]] std::optional<std::size_t> opened_by() const noexcept { return opened_by_; }
+  // Throws KeyError, saying for whom the package is encrypted, when it is locked.
+  void require_key() const;
   // Validated at open, built on first use (thread-safe).
   [[nodiscard]] const Manifest &manifest() const;
   // Set for a package made by from_index (a zip mounted in place): no root digest, no chunk digests,
@@ -110,6 +130,9 @@ class Package {
   // True for the first chunk of each set sharing stored bytes: count these for stored totals.
   [[nodiscard]] bool first_use(std::uint64_t index) const noexcept { return cache_key(index) == index; }
 
+  // Reads chunk `index`'s stored bytes and checks them against its digest, decoding nothing (what
+  // `verify` can check of a locked package). Throws DigestMismatch.
+  void check_stored(std::uint64_t index) const;
   // Reads chunk `index` from the source through the pipeline (verify, decode, undo filter) into
   // `out`, whose size must be the chunk's decoded size.
   void load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const;
@@ -133,9 +156,11 @@ class Package {
   // After locate(): checks the root digest, then validates the index and the manifest, then parses
   // the signature block, which follows the manifest in `index_manifest_signatures`.
   void load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
-            std::vector<std::uint8_t> index_manifest_signatures);
+            std::vector<std::uint8_t> index_manifest_signatures, const KeyRing *keys, Locked locked);
   void validate_chunks();
   void validate_inodes() const;
+  // Finds the content key, and unseals the string table and the manifest in place when they are sealed.
+  void unlock(const KeyRing *keys, Locked locked);
   // Reserved bytes must be zero unless a later minor version (which may use them) wrote the package.
   [[nodiscard]] bool strict_reserved() const noexcept { return header_.version_minor <= format::kVersionMinor; }
 
@@ -145,7 +170,14 @@ class Package {
   format::Footer footer_;
   std::vector<std::uint8_t> index_;  // chunk table | inode table | string table | manifest
   std::size_t inodes_at_ = 0, strings_at_ = 0, manifest_at_ = 0;
+  // Plaintext lengths of the string table and the manifest (their stored sizes less the seal when sealed).
+  std::uint64_t strings_len_ = 0, manifest_len_ = 0;
   std::vector<SignatureEntry> signatures_;
+  std::vector<KeyStanza> key_stanzas_;
+  std::vector<std::uint8_t> key_block_;
+  std::shared_ptr<const Sealer> sealer_;
+  std::optional<std::size_t> opened_by_;
+  bool names_hidden_ = false;
   mutable std::once_flag manifest_once_;
   mutable Manifest manifest_;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> aliases_;  // (chunk, first chunk sharing its bytes), by chunk

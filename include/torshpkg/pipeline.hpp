@@ -1,6 +1,6 @@
 // The chunk pipeline: how the stored bytes of one chunk become the bytes a reader sees.
 //
-//   ChunkSource::read  ->  verify SHA-256  ->  (decrypt: reserved)  ->  decode (codec registry)
+//   ChunkSource::read  ->  verify SHA-256  ->  decrypt (encrypted packages)  ->  decode (codec registry)
 //                      ->  undo byte-grouping filter  ->  caller's buffer
 //
 // Each stage is one small class in its own file (src/read/stage_*.cpp) with its own unit test;
@@ -36,6 +36,7 @@ struct ChunkWork {
 };
 
 class ChunkStore;
+class Sealer;
 
 // Per-thread state: two scratch buffers, one buffer for runs of adjacent stored chunks, and one
 // decoder per codec, made on first use.
@@ -75,6 +76,8 @@ class ChunkStage {
 [[nodiscard]] std::unique_ptr<ChunkStage> verify_digest_stage();  // SHA-256 of the stored bytes
 // Verified stored bytes into the disk chunk cache (after verify only).
 [[nodiscard]] std::unique_ptr<ChunkStage> store_verified_stage(std::shared_ptr<ChunkStore> store);
+// AES-256-GCM of an encrypted package (crypt.hpp); a null sealer (no key) refuses every chunk.
+[[nodiscard]] std::unique_ptr<ChunkStage> decrypt_stage(std::shared_ptr<const Sealer> sealer, std::string package);
 [[nodiscard]] std::unique_ptr<ChunkStage> decode_stage();         // the entry's codec, from the registry
 [[nodiscard]] std::unique_ptr<ChunkStage> undo_filter_stage();    // byte-grouping filters (filter.hpp)
 
@@ -86,7 +89,9 @@ class ChunkPipeline {
   ChunkPipeline(std::shared_ptr<const ChunkSource> source, Stages stages, std::shared_ptr<ChunkStore> store = nullptr);
   // The package read path. `verify_digests` is false only for indexes without chunk digests (a
   // zip's, whose source checks CRC-32s) and for -o unsafe_skip_chunk_digests; a `store` needs them.
-  [[nodiscard]] static Stages standard_stages(bool verify_digests, std::shared_ptr<ChunkStore> store = nullptr);
+  // `decrypt`: decrypt_stage() for an encrypted package, placed after verify and store.
+  [[nodiscard]] static Stages standard_stages(bool verify_digests, std::shared_ptr<ChunkStore> store = nullptr,
+                                              std::unique_ptr<ChunkStage> decrypt = nullptr);
 
   // Reads chunk `w` (from the disk chunk cache, else the source) and runs the stages; out.size() must
   // be its decoded size. Bytes that fail their digest are asked for again from another origin of the

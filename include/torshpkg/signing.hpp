@@ -36,6 +36,9 @@ enum class SignatureAlgorithm : std::uint16_t { kEd25519 = 1 };
 inline constexpr std::size_t kEd25519PublicKeySize = 32;
 inline constexpr std::size_t kEd25519SignatureSize = 64;
 
+// Ed25519 keys sign; X25519 keys receive encrypted packages (crypt.hpp). Both are 32 raw bytes.
+enum class KeyType : std::uint8_t { kEd25519, kX25519 };
+
 // SHA-256 of the raw public key: names a key without carrying it.
 using KeyId = Digest;
 [[nodiscard]] std::string key_id_short(const KeyId &id);  // first 16 hex digits, for messages
@@ -53,10 +56,12 @@ struct SignatureEntry {
 
 class PublicKey {
  public:
-  // PEM SubjectPublicKeyInfo ("BEGIN PUBLIC KEY"), Ed25519 only. Throws UsageError/IoError.
-  static PublicKey load(const std::string &path);
-  static PublicKey from_pem(std::string_view pem, const std::string &what);
+  // PEM SubjectPublicKeyInfo ("BEGIN PUBLIC KEY") of `type`. Throws UsageError/IoError.
+  static PublicKey load(const std::string &path, KeyType type = KeyType::kEd25519);
+  static PublicKey from_pem(std::string_view pem, const std::string &what, KeyType type = KeyType::kEd25519);
   [[nodiscard]] const KeyId &id() const noexcept { return id_; }
+  [[nodiscard]] const std::array<std::uint8_t, 32> &raw() const noexcept { return raw_; }
+  [[nodiscard]] evp_pkey_st *handle() const noexcept { return key_.get(); }
   [[nodiscard]] const std::string &source() const noexcept { return source_; }  // file it came from
   [[nodiscard]] bool verifies(const Digest &root, std::span<const std::uint8_t> signature) const;
   [[nodiscard]] std::string pem() const;
@@ -66,25 +71,33 @@ class PublicKey {
   // Takes ownership of `key` (an EVP_PKEY), also when it throws; so does PrivateKey's.
   explicit PublicKey(evp_pkey_st *key, std::string source);
   std::shared_ptr<evp_pkey_st> key_;
+  std::array<std::uint8_t, 32> raw_{};
   KeyId id_{};
   std::string source_;
 };
 
 class PrivateKey {
  public:
-  static PrivateKey generate();
+  static PrivateKey generate(KeyType type = KeyType::kEd25519);
   // PEM PKCS#8, optionally encrypted. `passphrase`: nullopt asks on the terminal when the key is
   // encrypted and stdin is a tty, and fails with a UsageError otherwise.
-  static PrivateKey load(const std::string &path, const std::optional<std::string> &passphrase);
+  static PrivateKey load(const std::string &path, const std::optional<std::string> &passphrase,
+                         KeyType type = KeyType::kEd25519);
   [[nodiscard]] PublicKey public_key() const;
+  [[nodiscard]] KeyType type() const noexcept { return type_; }
+  [[nodiscard]] evp_pkey_st *handle() const noexcept { return key_.get(); }
   [[nodiscard]] SignatureEntry sign(const Digest &root) const;
   // PEM PKCS#8, encrypted with AES-256-CBC when a non-empty passphrase is given.
   [[nodiscard]] std::string pem(const std::string &passphrase) const;
 
  private:
-  explicit PrivateKey(evp_pkey_st *key);
+  PrivateKey(evp_pkey_st *key, KeyType type);
   std::shared_ptr<evp_pkey_st> key_;
+  KeyType type_ = KeyType::kEd25519;
 };
+
+// A --passphrase-file's first line, without the newline; nullopt when `path` is empty.
+[[nodiscard]] std::optional<std::string> read_passphrase_file(const std::string &path);
 
 // Asks twice on the terminal (no echo); throws UsageError when stdin is not a terminal or the two differ.
 [[nodiscard]] std::string prompt_new_passphrase(const std::string &what);

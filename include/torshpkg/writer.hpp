@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "torshpkg/crypt.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/format.hpp"
 #include "torshpkg/safetensors.hpp"
@@ -37,6 +38,12 @@ struct PackOptions {
   std::vector<std::string> excludes;  // shell globs, matched against the relative path and the base name
   bool filters = true;  // byte-grouping filters for float weights (--filters=auto|none)
   std::vector<PrivateKey> sign_with;  // signatures written in the same pass (--sign)
+  // Encryption (--encrypt-to, --encrypt-passphrase-file): every chunk sealed under a fresh content
+  // key wrapped for each recipient and passphrase; none of them: not encrypted.
+  std::vector<PublicKey> encrypt_to;  // X25519 public keys
+  std::vector<std::string> encrypt_passphrases;
+  unsigned scrypt_log_n = keyblock::kDefaultScryptLogN;
+  bool seal_names = true;  // also seal the string table and the manifest (--public-names: false)
   std::function<void(const PackProgress &)> progress;  // called from the packing thread, about 10 times a second
   const std::atomic<bool> *cancel = nullptr;  // set to stop early; the output is then not created
   std::function<void(const std::string &)> warn;  // skipped entries, model format problems and notes
@@ -50,6 +57,7 @@ struct PackResult {
   std::uint64_t package_bytes = 0;
   std::uint64_t filtered_chunks = 0;
   std::size_t signatures = 0;
+  std::size_t recipients = 0;  // key block entries (0: not encrypted)
   Digest root{};
 };
 
@@ -57,8 +65,24 @@ PackResult pack(const PackOptions &opts);
 
 // Adds (or replaces, for the same key) a signature in an existing package, rewriting only the
 // signature block and the footer at the tail of the file; chunk data and index are not touched.
-// `output`: write a signed copy there instead of changing `path` in place.
+// `output`: write a signed copy there instead of changing `path` in place. An encrypted package's
+// key block is kept as it is (no key is needed).
 void sign_package(const std::string &path, const PrivateKey &key, const std::string &output = {});
+
+// `torshpkg rekey`: who can open an encrypted package. The content key (from `keys`) is wrapped anew
+// for each of `add` and `add_passphrases`; the entries for `remove` (by key id) and, with
+// `remove_passphrases`, every passphrase entry, are dropped. Only the key block and the footer at
+// the tail are rewritten: chunks, index and root digest (and so signatures) are unchanged. Someone
+// removed who kept the content key can still read the package: rekey changes access, not the key.
+struct RekeyOptions {
+  std::vector<PublicKey> add, remove;
+  std::vector<std::string> add_passphrases;
+  bool remove_passphrases = false;
+  unsigned scrypt_log_n = keyblock::kDefaultScryptLogN;
+};
+// Returns the number of entries the new key block holds.
+std::size_t rekey_package(const std::string &path, const KeyRing &keys, const RekeyOptions &opts,
+                          const std::string &output = {});
 
 // --- What `torshpkg pack` asks beyond PackOptions: the output policy (--force, "-" for standard
 // output), symbolic links (-L, the Hugging Face cache layout) and --dry-run.

@@ -27,6 +27,7 @@ void add_extract(CLI::App &app, Action &action);
 void add_verify(CLI::App &app, Action &action);
 void add_keygen(CLI::App &app, Action &action);
 void add_sign(CLI::App &app, Action &action);
+void add_rekey(CLI::App &app, Action &action);
 void add_export(CLI::App &app, Action &action);
 void add_import(CLI::App &app, Action &action);
 void add_push(CLI::App &app, Action &action);
@@ -60,15 +61,24 @@ struct RemoteArgs {
   bool insecure = false;
 };
 void add_remote_options(CLI::App *cmd, RemoteArgs &args);
+// --key FILE (X25519 identities, repeatable) and --passphrase-file FILE: for encrypted packages.
+struct KeyArgs {
+  std::vector<std::string> keys;
+  std::string passphrase_file;
+};
+void add_key_options(CLI::App *cmd, KeyArgs &args);
+// The identities and passphrase named; with neither, a terminal is asked for a passphrase when a
+// package can only be opened with one.
+[[nodiscard]] std::shared_ptr<const KeyRing> load_keys(const KeyArgs &args);
 // Background fetchers (and chunks read ahead) for cat and extract of a remote package.
 inline constexpr unsigned kRemoteFetchers = 8;
 // How to open `location`: for a URL, its mirrors (given, then the mirrors file's), TLS and the disk
 // chunk cache (--cache-dir, else $TORSHPKG_CACHE_DIR, else the default; "none" for no cache).
 [[nodiscard]] OpenOptions open_options(const std::string &location, const RemoteArgs &args);
+// The same, with the keys of `keys` for encrypted packages.
+[[nodiscard]] OpenOptions open_options(const std::string &location, const RemoteArgs &args, const KeyArgs &keys);
 // "valid (trusted key)", "INVALID", "untrusted key": the words inspect and verify print.
 [[nodiscard]] std::string_view signature_state_name(SignatureCheck::State s) noexcept;
-// --passphrase-file: its first line, without the newline; nullopt when not given.
-[[nodiscard]] std::optional<std::string> read_passphrase_file(const std::string &path);
 
 // A one-line progress bar on stderr, drawn only when stderr is a terminal: as wide as the terminal
 // (80 columns when it cannot tell), redrawn at most 10 times a second (and at 100%), and with an

@@ -15,13 +15,15 @@ void add_cat(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto paths = std::make_shared<std::vector<std::string>>();
   auto remote = std::make_shared<RemoteArgs>();
+  auto keys = std::make_shared<KeyArgs>();
   auto *cmd = app.add_subcommand("cat", "Write files from a package to standard output, verified");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_option("PATH", *paths, "Paths inside the package (symlinks inside it are followed)")->required();
   add_remote_options(cmd, *remote);
-  cmd->callback([&action, file, paths, remote] {
-    action = [file, paths, remote]() -> int {
-      Reader reader(open_package(*file, open_options(*file, *remote)), 64ull << 20);
+  add_key_options(cmd, *keys);
+  cmd->callback([&action, file, paths, remote, keys] {
+    action = [file, paths, remote, keys]() -> int {
+      Reader reader(open_package(*file, open_options(*file, *remote, *keys)), 64ull << 20);
       const auto &pkg = reader.package();
       if (pkg.source().remote()) reader.start_workers(kRemoteFetchers);  // requests in flight ahead of us
       for (const auto &p : *paths) {

@@ -58,9 +58,10 @@ struct Side {
   std::map<std::string, const ManifestFile *> files;  // the manifest's descriptions
 };
 
-Side open_side(const std::string &location, const RemoteArgs &remote, const LoadedTrust &trust, bool require_trust) {
+Side open_side(const std::string &location, const RemoteArgs &remote, const KeyArgs &keys, const LoadedTrust &trust,
+               bool require_trust) {
   Side s;
-  s.pkg = open_package(location, open_options(location, remote));
+  s.pkg = open_package(location, open_options(location, remote, keys));
   // Named keys demand a trusted signature (as for verify); without them it is only reported.
   s.trust = enforce_trust(*s.pkg, check_signatures(*s.pkg, trust), !require_trust).summary;
   s.reader = std::make_unique<Reader>(s.pkg, kReaderCacheBytes);
@@ -444,6 +445,7 @@ void add_diff(CLI::App &app, Action &action) {
     bool json = false, exit_code = false;
     TrustArgs trust;
     RemoteArgs remote;
+    KeyArgs keys;
   };
   auto a = std::make_shared<Args>();
   auto *cmd = app.add_subcommand(
@@ -454,11 +456,12 @@ void add_diff(CLI::App &app, Action &action) {
   cmd->add_flag("--exit-code", a->exit_code, "Exit with status 1 when the packages differ (0 otherwise)");
   add_trust_options(cmd, a->trust);
   add_remote_options(cmd, a->remote);
+  add_key_options(cmd, a->keys);
   cmd->callback([&action, a] {
     action = [a]() -> int {
       const auto trust = load_trust(a->trust);
-      auto old_side = open_side(a->old_location, a->remote, trust, a->trust.explicit_trust());
-      auto new_side = open_side(a->new_location, a->remote, trust, a->trust.explicit_trust());
+      auto old_side = open_side(a->old_location, a->remote, a->keys, trust, a->trust.explicit_trust());
+      auto new_side = open_side(a->new_location, a->remote, a->keys, trust, a->trust.explicit_trust());
       const auto j = diff(old_side, new_side);
       if (a->json)
         fmt::print("{}\n", j.dump(2));

@@ -13,6 +13,7 @@ void add_export(CLI::App &app, Action &action) {
   auto file = std::make_shared<std::string>();
   auto output = std::make_shared<std::string>();
   auto layout = std::make_shared<std::string>("zip");
+  auto keys = std::make_shared<KeyArgs>();
   auto *cmd = app.add_subcommand("export", "Write a package's files to a zip (or a PyTorch archive: --format torch)");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_option("-o,--output", *output, "Zip file to write")->required();
@@ -20,9 +21,12 @@ void add_export(CLI::App &app, Action &action) {
                   "zip (default): deflated text, stored weights, directories and symlinks kept; torch: every "
                   "record stored and 64-byte aligned as PyTorch writes it, for torch.load and torch.package")
       ->check(CLI::IsMember({"zip", "torch"}));
-  cmd->callback([&action, file, output, layout] {
-    action = [file, output, layout]() -> int {
-      Reader reader(open_package(*file), 64ull << 20);
+  add_key_options(cmd, *keys);
+  cmd->callback([&action, file, output, layout, keys] {
+    action = [file, output, layout, keys]() -> int {
+      OpenOptions opts;
+      opts.keys = load_keys(*keys);
+      Reader reader(open_package(*file, opts), 64ull << 20);
       ProgressBar bar("exporting");
       const auto r = export_zip(reader, *output, *layout == "torch" ? ZipLayout::kTorch : ZipLayout::kZip,
                                 [&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });

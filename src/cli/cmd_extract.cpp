@@ -205,6 +205,7 @@ void add_extract(CLI::App &app, Action &action) {
     std::vector<std::string> paths;
     bool force = false;
     RemoteArgs remote;
+    KeyArgs keys;
   };
   auto a = std::make_shared<Args>();
   auto *cmd =
@@ -214,9 +215,10 @@ void add_extract(CLI::App &app, Action &action) {
   cmd->add_option("PATH", a->paths, "Extract only these files or directories (with the directories above them)");
   cmd->add_flag("--force", a->force, "Replace existing files and symlinks (never a directory)");
   add_remote_options(cmd, a->remote);
+  add_key_options(cmd, a->keys);
   cmd->callback([&action, a] {
     action = [a]() -> int {
-      Reader reader(open_package(a->file, open_options(a->file, a->remote)), 64ull << 20);
+      Reader reader(open_package(a->file, open_options(a->file, a->remote, a->keys)), 64ull << 20);
       if (reader.package().source().remote()) reader.start_workers(kRemoteFetchers);  // requests in flight ahead
       Extractor x(reader, a->dest, a->force);
       x.select(a->paths);

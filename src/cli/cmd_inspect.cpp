@@ -88,7 +88,26 @@ nlohmann::ordered_json summarise(const Package &pkg, const TrustStore &trust) {
   j["dedup_saved_bytes"] = dedup_saved;
   j["package_bytes"] = pkg.file_size();
   j["ratio"] = raw ? static_cast<double>(pkg.file_size()) / static_cast<double>(raw) : 1.0;
-  j["manifest"] = pkg.manifest().to_json();
+  if (pkg.encrypted()) {
+    auto recipients = nlohmann::ordered_json::array();
+    for (const auto &st : pkg.key_stanzas()) {
+      nlohmann::ordered_json r;
+      if (st.type == StanzaType::kX25519) {
+        r["type"] = "x25519";
+        r["key_id"] = to_hex(st.id);
+      } else {
+        r["type"] = "passphrase";
+        r["scrypt_log_n"] = st.scrypt_log_n;
+      }
+      recipients.push_back(std::move(r));
+    }
+    j["encryption"] = {{"cipher", "aes-256-gcm"},
+                       {"names_sealed", pkg.names_sealed()},
+                       {"unlocked", !pkg.locked()},
+                       {"recipients", std::move(recipients)}};
+  }
+  // Sealed and no key: the manifest (names, versions, digests) is not public.
+  j["manifest"] = pkg.names_hidden() ? nlohmann::ordered_json::object() : pkg.manifest().to_json();
   return j;
 }
 
@@ -247,6 +266,16 @@ std::set<std::string> print_formats(const nlohmann::ordered_json &m) {
 
 void print_human(const nlohmann::ordered_json &j) {
   const auto &m = j["manifest"];
+  if (j.contains("encryption")) {
+    const auto &e = j["encryption"];
+    std::string whom;
+    for (const auto &r : e["recipients"])
+      whom += (whom.empty() ? "" : ", ") +
+              (r["type"] == "x25519" ? "x25519 " + r["key_id"].get<std::string>().substr(0, 16)
+                                     : fmt::format("passphrase (scrypt 2^{})", r["scrypt_log_n"].get<int>()));
+    fmt::print("encryption  aes-256-gcm, names {}, {}; for {}\n", e["names_sealed"].get<bool>() ? "sealed" : "public",
+               e["unlocked"].get<bool>() ? "unlocked" : "locked (no key given)", whom);
+  }
   fmt::print("package     {} {}\n", str_or(m, "name"), str_or(m, "version"));
   fmt::print("description {}\n", str_or(m, "description"));
   if (m.contains("authors") && m["authors"].is_array() && !m["authors"].empty()) {
@@ -398,6 +427,7 @@ void add_inspect(CLI::App &app, Action &action) {
   auto tensors = std::make_shared<bool>(false);
   auto trust = std::make_shared<TrustArgs>();
   auto remote = std::make_shared<RemoteArgs>();
+  auto keys = std::make_shared<KeyArgs>();
   auto *cmd = app.add_subcommand("inspect", "Show a package's manifest, signatures, counts, sizes and compression");
   cmd->add_option("FILE", *file, "Package")->required();
   cmd->add_flag("--json", *json, "Print JSON instead of text");
@@ -406,9 +436,14 @@ void add_inspect(CLI::App &app, Action &action) {
                 "their headers");
   add_trust_options(cmd, *trust);
   add_remote_options(cmd, *remote);
-  cmd->callback([&action, file, json, tensors, trust, remote] {
-    action = [file, json, tensors, trust, remote]() -> int {
-      const auto pkg = open_package(*file, open_options(*file, *remote));
+  add_key_options(cmd, *keys);
+  cmd->callback([&action, file, json, tensors, trust, remote, keys] {
+    action = [file, json, tensors, trust, remote, keys]() -> int {
+      auto opts = open_options(*file, *remote, *keys);
+      opts.locked = Package::Locked::kAllowed;  // what is public: sizes, digests, signatures, recipients
+      if (keys->keys.empty() && keys->passphrase_file.empty()) opts.keys = nullptr;  // no passphrase prompt
+      const auto pkg = open_package(*file, opts);
+      if (*tensors) pkg->require_key();
       if (*tensors && !*json) {
         print_tensors(all_tensors(pkg));
         return kOk;

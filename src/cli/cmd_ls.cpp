@@ -66,6 +66,7 @@ void add_ls(CLI::App &app, Action &action) {
     std::string file, path;
     bool long_format = false, recursive = false;
     RemoteArgs remote;
+    KeyArgs keys;
   };
   auto a = std::make_shared<Args>();
   auto *cmd = app.add_subcommand("ls", "List a directory of a package (default: its root)");
@@ -74,9 +75,13 @@ void add_ls(CLI::App &app, Action &action) {
   cmd->add_flag("-l", a->long_format, "Long format: mode, size, stored size, ratio, kind, mtime, link target");
   cmd->add_flag("-R,--recursive", a->recursive, "List subdirectories recursively");
   add_remote_options(cmd, a->remote);
+  add_key_options(cmd, a->keys);
   cmd->callback([&action, a] {
     action = [a]() -> int {
-      const auto pkg = open_package(a->file, open_options(a->file, a->remote));
+      auto opts = open_options(a->file, a->remote, a->keys);
+      opts.locked = Package::Locked::kAllowed;  // public names list without a key
+      const auto pkg = open_package(a->file, opts);
+      if (pkg->names_hidden()) pkg->require_key();
       const auto ino = resolve_in_package(*pkg, a->path, false);
       if (pkg->type(ino) != format::NodeType::kDirectory) {
         print_entry(*pkg, ino, pkg->path_of(ino), a->long_format);

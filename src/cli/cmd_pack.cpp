@@ -112,6 +112,9 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
   auto filters = std::make_shared<std::string>("auto");
   auto sign_keys = std::make_shared<std::vector<std::string>>();
   auto pass_file = std::make_shared<std::string>();
+  auto encrypt_to = std::make_shared<std::vector<std::string>>();
+  auto encrypt_pass_file = std::make_shared<std::string>();
+  auto public_names = std::make_shared<bool>(false);
   auto extras = std::make_shared<PackExtras>();
   auto deref = std::make_shared<bool>(false);
   auto no_deref = std::make_shared<bool>(false);
@@ -146,6 +149,24 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
   cmd->add_option("--sign", *sign_keys, "Sign with this private key in the same pass (repeatable)")
       ->allow_extra_args(false);
   cmd->add_option("--passphrase-file", *pass_file, "Passphrase of encrypted signing keys (first line)");
+  auto *enc = "Encryption (AES-256-GCM per chunk)";
+  cmd->add_option("--encrypt-to", *encrypt_to,
+                  "Encrypt for this X25519 public key from `torshpkg keygen --encryption` (repeatable)")
+      ->allow_extra_args(false)
+      ->group(enc);
+  cmd->add_option("--encrypt-passphrase-file", *encrypt_pass_file,
+                  "Encrypt for the passphrase on the first line of this file (scrypt)")
+      ->group(enc);
+  cmd->add_option("--scrypt-work", opts->scrypt_log_n,
+                  fmt::format("log2 of scrypt's N for --encrypt-passphrase-file, {}..{} (default {}: 256 MiB, about "
+                              "a second)",
+                              keyblock::kMinScryptLogN, keyblock::kMaxScryptLogN, keyblock::kDefaultScryptLogN))
+      ->check(CLI::Range(keyblock::kMinScryptLogN, keyblock::kMaxScryptLogN))
+      ->group(enc);
+  cmd->add_flag("--public-names", *public_names,
+                "Leave file names, sizes in the manifest and the manifest itself readable without a key (default: "
+                "sealed too)")
+      ->group(enc);
   cmd->add_flag("--strict", opts->strict,
                 "Fail when the model format checks find a problem (broken Hugging Face index, missing ONNX "
                 "external data or MLflow artifact, dangerous or unscannable pickle) instead of warning");
@@ -158,8 +179,9 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
                 "List what would be packed (type, kind, size, path) and what each --exclude matched; write nothing");
   cmd->add_flag("-q,--quiet", *quiet, "No progress bar and no summary");
   cmd->callback([&action, opts, chunk, deps, quiet, filters, sign_keys, pass_file, zip, extras, deref, no_deref,
-                 dry_run] {
-    action = [opts, chunk, deps, quiet, filters, sign_keys, pass_file, zip, extras, deref, no_deref, dry_run]() -> int {
+                 dry_run, encrypt_to, encrypt_pass_file, public_names] {
+    action = [opts, chunk, deps, quiet, filters, sign_keys, pass_file, zip, extras, deref, no_deref, dry_run,
+              encrypt_to, encrypt_pass_file, public_names]() -> int {
       extras->dereference = *deref ? Dereference::kAlways : *no_deref ? Dereference::kNever : Dereference::kAuto;
       extras->note = [](const std::string &n) { fmt::print(stderr, "torshpkg: {}\n", n); };
       const bool to_stdout = opts->output == kStdoutName;
@@ -174,6 +196,14 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
       if (!*dry_run) {
         const auto passphrase = read_passphrase_file(*pass_file);
         for (const auto &k : *sign_keys) opts->sign_with.push_back(PrivateKey::load(k, passphrase));
+        for (const auto &k : *encrypt_to) opts->encrypt_to.push_back(PublicKey::load(k, KeyType::kX25519));
+        if (auto p = read_passphrase_file(*encrypt_pass_file)) {
+          if (p->empty()) throw UsageError(*encrypt_pass_file + ": empty passphrase");
+          opts->encrypt_passphrases.push_back(std::move(*p));
+        }
+        opts->seal_names = !*public_names;
+        if (*public_names && opts->encrypt_to.empty() && opts->encrypt_passphrases.empty())
+          throw UsageError("--public-names needs --encrypt-to or --encrypt-passphrase-file");
       }
       for (const auto &d : *deps) opts->dependencies.push_back(parse_dependency(d));
       ProgressBar bar("packing");
@@ -218,6 +248,9 @@ void add_pack_command(CLI::App &app, Action &action, bool import_zip) {
         if (r.dedup_saved_bytes) fmt::print(report, ", dedup saved {}", human_bytes(r.dedup_saved_bytes));
         fmt::print(report, "\n  root sha256 {}\n", to_hex(r.root));
         for (const auto &k : opts->sign_with) fmt::print(report, "  signed by {}\n", to_hex(k.public_key().id()));
+        if (r.recipients)
+          fmt::print(report, "  encrypted (AES-256-GCM, names {}) for {} recipient{}\n",
+                     opts->seal_names ? "sealed" : "public", r.recipients, r.recipients == 1 ? "" : "s");
       }
       return kOk;
     };

@@ -211,6 +211,30 @@ OpenOptions open_options(const std::string &location, const RemoteArgs &args) {
   return o;
 }
 
+void add_key_options(CLI::App *cmd, KeyArgs &args) {
+  auto *g = "Encrypted packages";
+  cmd->add_option("--key", args.keys, "X25519 private key from `torshpkg keygen --encryption` (repeatable)")
+      ->allow_extra_args(false)
+      ->group(g);
+  cmd->add_option("--passphrase-file", args.passphrase_file,
+                  "The package's passphrase: the first line of this file (default: asked on a terminal)")
+      ->group(g);
+}
+
+std::shared_ptr<const KeyRing> load_keys(const KeyArgs &args) {
+  auto ring = std::make_shared<KeyRing>();
+  for (const auto &k : args.keys) ring->identities.push_back(PrivateKey::load(k, std::nullopt, KeyType::kX25519));
+  if (auto p = read_passphrase_file(args.passphrase_file)) ring->passphrases.push_back(std::move(*p));
+  ring->ask = ring->identities.empty() && ring->passphrases.empty();
+  return ring;
+}
+
+OpenOptions open_options(const std::string &location, const RemoteArgs &args, const KeyArgs &keys) {
+  auto o = open_options(location, args);
+  o.keys = load_keys(keys);
+  return o;
+}
+
 LoadedTrust load_trust(const TrustArgs &args) {
   return load_trust_store(args.pubkeys, args.dirs);
 }
@@ -222,17 +246,6 @@ std::string_view signature_state_name(SignatureCheck::State s) noexcept {
     case SignatureCheck::State::kUntrusted: return "untrusted key";
   }
   return "?";
-}
-
-std::optional<std::string> read_passphrase_file(const std::string &path) {
-  if (path.empty()) return std::nullopt;
-  const auto fd = open_read(path);
-  std::string text(4097, '\0');
-  const auto n = read_full(fd.get(), std::span(reinterpret_cast<std::uint8_t *>(text.data()), text.size()), path);
-  text.resize(n);
-  if (const auto nl = text.find('\n'); nl != std::string::npos) text.resize(nl);
-  if (text.size() > 4096) throw UsageError(path + ": passphrase longer than 4096 bytes");
-  return text;
 }
 
 std::uint32_t resolve_in_package(const Package &pkg, std::string_view path, bool follow) {

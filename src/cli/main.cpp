@@ -117,6 +117,7 @@ int run(int argc, char **argv) {
   add_verify(app, action);
   add_keygen(app, action);
   add_sign(app, action);
+  add_rekey(app, action);
   add_trust(app, action);
   add_push(app, action);
   add_pull(app, action);

@@ -49,6 +49,11 @@ void encode(const Header &h, std::span<std::uint8_t, kHeaderSize> out) noexcept 
   store_le<std::uint64_t>(&out[16], h.compat_flags);
   store_le<std::uint64_t>(&out[24], h.incompat_flags);
   out[32] = h.chunk_shift;
+  if (h.incompat_flags & incompat::kEncrypted) {
+    out[33] = h.cipher;
+    out[34] = h.crypt_flags;
+    std::copy(h.key_check.begin(), h.key_check.end(), out.begin() + 40);
+  }
 }
 
 Header decode_header(std::span<const std::uint8_t, kHeaderSize> in) {
@@ -67,9 +72,19 @@ Header decode_header(std::span<const std::uint8_t, kHeaderSize> in) {
     throw FormatError(fmt::format("package needs features this reader does not know (incompat flags {:#x})",
                                   h.incompat_flags & ~incompat::kKnown));
   h.chunk_shift = in[32];
-  // Reserved bytes are zero up to this reader's minor version; a later minor may give them meaning.
-  if (h.version_minor <= kVersionMinor && std::any_of(in.begin() + 33, in.end(), [](std::uint8_t b) { return b != 0; }))
+  auto zero = [](auto first, auto last) { return std::all_of(first, last, [](std::uint8_t b) { return b == 0; }); };
+  if (h.incompat_flags & incompat::kEncrypted) {
+    h.cipher = in[33];
+    h.crypt_flags = in[34];
+    std::copy(in.begin() + 40, in.end(), h.key_check.begin());
+    if (h.cipher != 1) throw FormatError(fmt::format("unknown cipher {} (this reader knows 1, AES-256-GCM)", h.cipher));
+    if (h.crypt_flags & ~1u) throw FormatError(fmt::format("unknown encryption flags {:#x}", h.crypt_flags));
+    if (h.version_minor <= kVersionMinor && !zero(in.begin() + 35, in.begin() + 40))
+      throw FormatError("header reserved bytes are not zero");
+  } else if (h.version_minor <= kVersionMinor && !zero(in.begin() + 33, in.end())) {
+    // Reserved bytes are zero up to this reader's minor version; a later minor may give them meaning.
     throw FormatError("header reserved bytes are not zero");
+  }
   if (h.chunk_shift < kMinChunkShift || h.chunk_shift > kMaxChunkShift)
     throw FormatError(fmt::format("chunk size 2^{} is outside 64 KiB..4 MiB", h.chunk_shift));
   return h;

@@ -55,8 +55,9 @@ struct Notices {
 // How to open `location` (the package, or a dependency from the lock): the same verification
 // and remote settings for all; mirrors are looked up per location; one disk chunk cache for all.
 OpenOptions open_options(const Options &opts, const std::string &location, const std::shared_ptr<Notices> &notices,
-                         std::shared_ptr<ChunkStore> &store) {
+                         std::shared_ptr<ChunkStore> &store, const std::shared_ptr<const KeyRing> &keys) {
   OpenOptions o;
+  o.keys = keys;
   o.digests = opts.skip_chunk_digests ? ChunkDigests::kSkipForBenchmark : ChunkDigests::kVerify;
   o.manifest_check = ManifestCheck::kOnFirstUse;  // xattrs and -o deps read it; files never do
   o.any_container = true;
@@ -81,11 +82,22 @@ OpenOptions open_options(const Options &opts, const std::string &location, const
   return o;
 }
 
+// -o key=, -o passphrase_file=; with neither, a terminal in the foreground is asked for a
+// passphrase when the package can only be opened with one. Identities are read once for all packages.
+std::shared_ptr<const KeyRing> key_ring(const Options &opts) {
+  auto ring = std::make_shared<KeyRing>();
+  for (const auto &k : opts.keys) ring->identities.push_back(PrivateKey::load(k, std::nullopt, KeyType::kX25519));
+  if (auto p = read_passphrase_file(opts.passphrase_file)) ring->passphrases.push_back(std::move(*p));
+  ring->ask = ring->identities.empty() && ring->passphrases.empty() && opts.foreground;
+  return ring;
+}
+
 // -o deps: the lock must be for exactly this package (name, version, root digest), and each
 // dependency must be exactly what the lock names (its root digest), held to the same trust policy.
 std::vector<MountedDependency> open_dependencies(const Options &opts, const Package &pkg, const LoadedTrust &trust,
                                                  const std::shared_ptr<Notices> &notices,
-                                                 std::shared_ptr<ChunkStore> &store) {
+                                                 std::shared_ptr<ChunkStore> &store,
+                                                 const std::shared_ptr<const KeyRing> &keys) {
   std::string lock_path = *opts.deps_lock;
   if (lock_path.empty()) {
     if (is_remote_location(opts.package))
@@ -103,7 +115,7 @@ std::vector<MountedDependency> open_dependencies(const Options &opts, const Pack
                                    m.version, root.substr(0, 16)));
   std::vector<MountedDependency> deps;
   for (const auto &p : lock.packages) {
-    auto dep = open_package(p.source, open_options(opts, p.source, notices, store));
+    auto dep = open_package(p.source, open_options(opts, p.source, notices, store, keys));
     const auto decision = enforce_trust(*dep, check_signatures(*dep, trust), opts.allow_unsigned);
     if (!decision.trusted)
       (*notices)(
@@ -159,10 +171,12 @@ int serve(const Options &opts) {
   const auto notices = std::make_shared<Notices>();
   if (opts.insecure) (*notices)("warning: insecure: TLS certificates are NOT verified");
   std::shared_ptr<ChunkStore> store;
-  const auto pkg = open_package(opts.package, open_options(opts, opts.package, notices, store));
+  const auto keys = key_ring(opts);
+  const auto pkg = open_package(opts.package, open_options(opts, opts.package, notices, store, keys));
   const auto trust = load_trust_store(opts.pubkeys, opts.trust_dirs);
   const auto decision = enforce_trust(*pkg, check_signatures(*pkg, trust), opts.allow_unsigned);
-  auto deps = opts.deps_lock ? open_dependencies(opts, *pkg, trust, notices, store) : std::vector<MountedDependency>{};
+  auto deps =
+      opts.deps_lock ? open_dependencies(opts, *pkg, trust, notices, store, keys) : std::vector<MountedDependency>{};
   if (!decision.trusted)
     fmt::print(stderr, "mount.torshpkg: warning: {} is {}; mounting it because of allow_unsigned\n", pkg->path(),
                decision.summary);

@@ -34,6 +34,9 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
                   default /etc/torshpkg/trusted.d)
   -o pubkey=FILE  trust this public key (repeatable)
   -o allow_unsigned  mount a package that no trusted key signed
+  -o key=FILE     open an encrypted package with this X25519 private key (repeatable)
+  -o passphrase_file=FILE  or with the passphrase on this file's first line
+                  (with -f on a terminal, asked for when neither is given)
   -o nonempty     mount over a directory that is not empty or is a mount point
   -o deps[=LOCK]  show the dependencies LOCK names (torshpkg resolve) under
                   MOUNTPOINT/.deps/NAME (default: torshpkg.lock beside PACKAGE)
@@ -123,6 +126,12 @@ void apply_option_list(Options &o, std::string_view list) {
     } else if (key == "trust" || key == "pubkey") {
       if (value.empty()) throw UsageError(fmt::format("{}= needs a path", key));
       (key == "trust" ? o.trust_dirs : o.pubkeys).push_back(value);
+    } else if (key == "key") {
+      if (value.empty()) throw UsageError("key= needs a path");
+      o.keys.push_back(value);
+    } else if (key == "passphrase_file") {
+      if (value.empty()) throw UsageError("passphrase_file= needs a path");
+      o.passphrase_file = value;
     } else if (key == "deps") {
       if (eq != std::string::npos && value.empty()) throw UsageError("deps= needs a lock file (or plain 'deps')");
       o.deps_lock = value;

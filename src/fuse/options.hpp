@@ -28,6 +28,8 @@ struct Options {
   std::vector<std::string> trust_dirs;               // -o trust=DIR (repeatable); default /etc/torshpkg/trusted.d
   std::vector<std::string> pubkeys;                  // -o pubkey=FILE (repeatable)
   bool allow_unsigned = false;                       // mount without a trusted signature
+  std::vector<std::string> keys;                     // -o key=FILE (repeatable): X25519 identities
+  std::string passphrase_file;                       // -o passphrase_file=FILE: an encrypted package's passphrase
   bool nonempty = false;                             // mount over a non-empty directory or a mount
   bool skip_chunk_digests = false;                   // benchmarking only: measure what lazy verification costs
   std::vector<std::string> fuse_options;             // passed to libfuse: allow_other, fsname=, ...

@@ -30,6 +30,8 @@ ExitReport exit_report(const std::exception_ptr &e, Tool tool) {
     if (why.find("allow_unsigned") != std::string_view::npos) return report(kUntrusted, why, "refusing to mount: ");
     return report(kUntrusted, why, "refusing to mount: ",
                   " (trust its key with -o trust=DIR or -o pubkey=FILE, or mount anyway with -o allow_unsigned)");
+  } catch (const KeyError &x) {
+    return report(kNoKey, x.what(), tool == Tool::kTorshpkg ? "" : "refusing to mount: ");
   } catch (const ResolveError &x) {
     return report(kUnresolved, x.what(), "cannot resolve dependencies: ");
   } catch (const IntegrityError &x) {

@@ -83,8 +83,8 @@ std::shared_ptr<const Package> open_package(const std::string &location, const O
         return c.open(std::move(source), opts);
       }
   auto store = source->remote() ? opts.store : nullptr;  // a local file is its own cache
-  return Package::open(std::move(source), opts.digests, std::move(store),
-                       opts.manifest_check);  // .tpkg: the native container
+  return Package::open(std::move(source), opts.digests, std::move(store), opts.manifest_check, opts.keys.get(),
+                       opts.locked);  // .tpkg: the native container
 }
 
 }  // namespace torshpkg

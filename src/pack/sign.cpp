@@ -1,9 +1,11 @@
-// `torshpkg sign`: a signature added to an existing package, rewriting only its tail.
+// `torshpkg sign`: a signature added to an existing package, rewriting only its tail (replace_tail,
+// which rekey.cpp shares).
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 
+#include "tail.hpp"
 #include "torshpkg/errors.hpp"
 #include "torshpkg/file.hpp"
 #include "torshpkg/package.hpp"
@@ -12,20 +14,27 @@
 namespace torshpkg {
 
 void sign_package(const std::string &path, const PrivateKey &key, const std::string &output) {
-  const auto pkg = Package::open(path);  // the root must check out before we vouch for it
+  // The root must check out before we vouch for it; an encrypted one needs no key for that.
+  const auto pkg = Package::open(path, ChunkDigests::kVerify, nullptr, Package::Locked::kAllowed);
   std::vector<SignatureEntry> entries = pkg->signatures();
   const auto entry = key.sign(pkg->root_digest());
   const auto same = std::find_if(entries.begin(), entries.end(), [&](const auto &e) { return e.key_id == entry.key_id; });
   if (same != entries.end()) *same = entry;
   else entries.push_back(entry);
-  const auto block = encode_signature_block(entries);
+  std::vector<std::uint8_t> blocks(pkg->key_block().begin(), pkg->key_block().end());
+  const auto signatures = encode_signature_block(entries);
+  blocks.insert(blocks.end(), signatures.begin(), signatures.end());
+  replace_tail(*pkg, path, blocks, output);
+}
 
-  format::Footer f = pkg->footer();
-  const std::uint64_t manifest_end = pkg->manifest_end();
-  f.signature_offset = manifest_end;
-  f.signature_size = block.size();
-  std::vector<std::uint8_t> tail(block);
-  tail.resize(block.size() + format::kFooterSize);
+void replace_tail(const Package &pkg, const std::string &path, const std::vector<std::uint8_t> &blocks,
+                  const std::string &output) {
+  format::Footer f = pkg.footer();
+  const std::uint64_t manifest_end = pkg.manifest_end();
+  f.signature_offset = blocks.empty() ? 0 : manifest_end;
+  f.signature_size = blocks.size();
+  std::vector<std::uint8_t> tail(blocks);
+  tail.resize(blocks.size() + format::kFooterSize);
   format::encode(f, std::span(tail).last<format::kFooterSize>());
 
   if (output.empty()) {
@@ -38,7 +47,7 @@ void sign_package(const std::string &path, const PrivateKey &key, const std::str
     if (::fsync(fd.get()) != 0) throw_errno("fsync", path);
     return;
   }
-  // A signed copy: the unchanged prefix, then the new tail, written under a temporary name.
+  // A copy: the unchanged prefix, then the new tail, written under a temporary name.
   const auto src = open_read(path);
   TempOutput out(output);
   loff_t in_off = 0;

@@ -287,7 +287,7 @@ struct FilterTry {
 // Encodes one chunk: plain zstd and/or each filter candidate; keeps the smallest, or stores the raw
 // bytes when nothing saves ChunkEncoder::kMinSavingPercent.
 Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_plain,
-                     const std::vector<FilterTry> &tries) {
+                     const std::vector<FilterTry> &tries, const Sealer *sealer) {
   thread_local std::unique_ptr<ChunkEncoder> enc;
   thread_local int enc_level = 0;
   thread_local std::vector<std::uint8_t> attempt;
@@ -313,6 +313,11 @@ Encoded encode_chunk(const std::vector<std::uint8_t> &raw, int level, bool try_p
     keep(format::Codec::kZstd, t.filter);
   }
   if (e.codec == format::Codec::kStored) e.stored.assign(raw.begin(), raw.end());  // nothing saved enough
+  if (sealer) {
+    const auto aad = chunk_aad(static_cast<std::uint8_t>(e.codec), static_cast<std::uint8_t>(e.filter), e.decoded_size);
+    sealer->seal(aad, e.stored, attempt);
+    e.stored.swap(attempt);
+  }
   e.digest = sha256(e.stored);
   return e;
 }
@@ -655,9 +660,9 @@ class Packer {
     formats_json_ = analyse_model_formats(opts_, nodes_);
 
     fd_ = out.fd();
-    format::Header header;
-    header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
-    format::encode(header, std::span(header_bytes_));
+    header_.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
+    start_encryption();
+    format::encode(header_, std::span(header_bytes_));
     write_all(fd_, header_bytes_, out_name());
     pos_ = format::kHeaderSize;
 
@@ -671,10 +676,8 @@ class Packer {
     report(true);
     if (result_.filtered_chunks) {
       // Readers that do not know filters must refuse this package: declare them in the header.
-      format::Header header;
-      header.chunk_shift = static_cast<std::uint8_t>(opts_.chunk_shift);
-      header.incompat_flags |= format::incompat::kFilters;
-      format::encode(header, std::span(header_bytes_));
+      header_.incompat_flags |= format::incompat::kFilters;
+      format::encode(header_, std::span(header_bytes_));
       if (!out.seekable()) throw InternalError("filtered chunks in a package streamed to a pipe");
       if (::pwrite(fd_, header_bytes_.data(), header_bytes_.size(), static_cast<off_t>(out.base())) !=
           static_cast<ssize_t>(header_bytes_.size()))
@@ -688,6 +691,25 @@ class Packer {
 
  private:
   const std::string &out_name() const { return out_name_; }
+
+  // A fresh content key, wrapped for every recipient and passphrase; the header declares it.
+  void start_encryption() {
+    if (opts_.encrypt_to.empty() && opts_.encrypt_passphrases.empty()) return;
+    const auto key = ContentKey::generate();
+    std::vector<KeyStanza> stanzas;
+    for (const auto &r : opts_.encrypt_to) {
+      const bool dup = std::any_of(stanzas.begin(), stanzas.end(), [&](const auto &s) { return s.id == r.id(); });
+      if (!dup) stanzas.push_back(wrap_for(r, key));
+    }
+    for (const auto &p : opts_.encrypt_passphrases) stanzas.push_back(wrap_for_passphrase(p, key, opts_.scrypt_log_n));
+    key_block_ = encode_key_block(stanzas);  // refuses more than 64
+    result_.recipients = stanzas.size();
+    sealer_ = std::make_unique<Sealer>(key);
+    header_.incompat_flags |= format::incompat::kEncrypted;
+    header_.cipher = crypt::kCipherAes256Gcm;
+    header_.crypt_flags = opts_.seal_names ? crypt::kFlagSealedNames : 0;
+    header_.key_check = key.check();
+  }
 
   void check_cancel() const {
     if (opts_.cancel && opts_.cancel->load()) throw Interrupted();
@@ -749,8 +771,8 @@ class Packer {
       }
       done += got;
       if (done > size) throw IoError(path + ": file grew while it was being packed", EIO);
-      inflight_.push_back({pool_.submit([raw, level = opts_.level, try_plain, tries] {
-                             return encode_chunk(*raw, level, try_plain, tries);
+      inflight_.push_back({pool_.submit([raw, level = opts_.level, try_plain, tries, sealer = sealer_.get()] {
+                             return encode_chunk(*raw, level, try_plain, tries, sealer);
                            }),
                            plan});
       ++submitted_;
@@ -850,11 +872,20 @@ class Packer {
         e.first = strings.add(n.link_target);
       }
     }
-    const std::string manifest = build_manifest();
+    std::string manifest = build_manifest();
+    std::vector<std::uint8_t> string_bytes = strings.bytes();
+    if (sealer_ && opts_.seal_names) {
+      std::vector<std::uint8_t> sealed;
+      sealer_->seal(as_bytes(kStringsAad), string_bytes, sealed);
+      string_bytes.swap(sealed);
+      sealer_->seal(as_bytes(kManifestAad), as_bytes(manifest), sealed);
+      manifest.assign(sealed.begin(), sealed.end());
+      if (manifest.size() > format::kMaxManifestSize) throw UsageError("the manifest is too large to seal");
+    }
 
-    const auto index = format::encode_index(chunks_, inodes_, strings.bytes(), manifest);
+    const auto index = format::encode_index(chunks_, inodes_, string_bytes, manifest);
 
-    auto f = format::footer_for(pos_, chunks_.size(), inodes_.size(), strings.bytes().size(), manifest.size());
+    auto f = format::footer_for(pos_, chunks_.size(), inodes_.size(), string_bytes.size(), manifest.size());
     std::array<std::uint8_t, format::kFooterSize> footer{};
     format::encode(f, std::span(footer));
     Sha256 root;
@@ -863,16 +894,19 @@ class Packer {
     root.update(index);
     f.root_digest = root.finish();
     // Signatures vouch for the root; their location lies outside it (footer bytes 48..64).
+    // The tail: the key block (encrypted packages), then the signatures.
+    std::vector<std::uint8_t> tail = key_block_;
     const auto signatures = signature_block_for(f.root_digest, opts_.sign_with);
-    if (!signatures.empty()) {
+    tail.insert(tail.end(), signatures.begin(), signatures.end());
+    if (!tail.empty()) {
       f.signature_offset = pos_ + index.size();
-      f.signature_size = signatures.size();
+      f.signature_size = tail.size();
     }
     format::encode(f, std::span(footer));
     write_all(fd_, index, out_name());
-    write_all(fd_, signatures, out_name());
+    write_all(fd_, tail, out_name());
     write_all(fd_, footer, out_name());
-    pos_ += index.size() + signatures.size() + footer.size();
+    pos_ += index.size() + tail.size() + footer.size();
     result_.root = f.root_digest;
     result_.signatures = opts_.sign_with.size();
   }
@@ -912,7 +946,10 @@ class Packer {
   std::unordered_map<Digest, format::ChunkEntry, DigestHash> dedup_;  // digest of stored bytes -> first entry
   Manifest manifest_;  // files appended as they are packed, the rest filled in at the end
   nlohmann::ordered_json formats_json_ = nlohmann::ordered_json::object();
+  format::Header header_;
   std::array<std::uint8_t, format::kHeaderSize> header_bytes_{};
+  std::unique_ptr<Sealer> sealer_;       // encrypted packages only
+  std::vector<std::uint8_t> key_block_;  // written first in the tail
   int fd_ = -1;
   std::uint64_t pos_ = 0;
   PackResult result_;

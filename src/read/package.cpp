@@ -52,9 +52,11 @@ Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
   std::uint64_t expected_footer = manifest_end;
   if (f.signature_offset != 0 || f.signature_size != 0) {
     if (f.signature_offset != manifest_end) throw FormatError("signature block is not right after the manifest");
-    if (f.signature_size > sigblock::kMaxSize)
+    // The tail: an encrypted package's key block, then the signature block (load() tells them apart).
+    constexpr std::uint64_t kMaxTail = sigblock::kMaxSize + keyblock::kMaxSize;
+    if (f.signature_size > kMaxTail)
       throw FormatError(
-          fmt::format("signature block of {} bytes exceeds the {} byte limit", f.signature_size, sigblock::kMaxSize));
+          fmt::format("signature and key blocks of {} bytes exceed the {} byte limit", f.signature_size, kMaxTail));
     expected_footer = checked_add(manifest_end, f.signature_size, "signature end");
     l.signature_size = f.signature_size;
   }
@@ -66,12 +68,14 @@ Layout check_layout(const format::Footer &f, std::uint64_t file_size) {
 
 }  // namespace
 
-std::shared_ptr<const Package> Package::open(const std::string &path, ChunkDigests digests) {
-  return open(std::make_shared<FileSource>(path), digests);
+std::shared_ptr<const Package> Package::open(const std::string &path, ChunkDigests digests, const KeyRing *keys,
+                                             Locked locked) {
+  return open(std::make_shared<FileSource>(path), digests, nullptr, ManifestCheck::kAtOpen, keys, locked);
 }
 
 std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> source, ChunkDigests digests,
-                                             std::shared_ptr<ChunkStore> store, ManifestCheck manifest_check) {
+                                             std::shared_ptr<ChunkStore> store, ManifestCheck manifest_check,
+                                             const KeyRing *keys, Locked locked) {
   std::shared_ptr<Package> p(new Package());
   p->source_ = std::move(source);
   const auto &name = p->source_->name();
@@ -86,8 +90,8 @@ std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> 
     // The footer says how much index to read; validate it before allocating.
     std::vector<std::uint8_t> index(p->locate(tail));
     p->source_->read(p->footer_.index_offset, index);
-    p->load(head, tail, std::move(index));
-    if (manifest_check == ManifestCheck::kAtOpen) Manifest::validate(p->manifest_text());
+    p->load(head, tail, std::move(index), keys, locked);
+    if (manifest_check == ManifestCheck::kAtOpen && !p->names_hidden_) Manifest::validate(p->manifest_text());
   } catch (const FormatError &e) {
     throw FormatError(fmt::format("{}: {}", name, e.what()));
   } catch (const IntegrityError &e) {
@@ -95,7 +99,9 @@ std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> 
   }
   const bool verify = digests == ChunkDigests::kVerify;
   if (!verify) store = nullptr;  // the cache is keyed and checked by digest
-  p->pipeline_ = std::make_unique<ChunkPipeline>(p->source_, ChunkPipeline::standard_stages(verify, store), store);
+  p->pipeline_ = std::make_unique<ChunkPipeline>(
+      p->source_,
+      ChunkPipeline::standard_stages(verify, store, p->encrypted() ? decrypt_stage(p->sealer_, name) : nullptr), store);
   return p;
 }
 
@@ -116,6 +122,8 @@ std::shared_ptr<const Package> Package::from_index(SynthesizedIndex index, std::
   p->inodes_at_ = index.chunks.size() * format::kChunkEntrySize;
   p->strings_at_ = p->inodes_at_ + index.inodes.size() * format::kInodeEntrySize;
   p->manifest_at_ = p->strings_at_ + strings.size();
+  p->strings_len_ = strings.size();
+  p->manifest_len_ = manifest.size();
   std::call_once(p->manifest_once_, [&] { p->manifest_ = std::move(index.manifest); });
   index.chunks.clear();
   index.inodes.clear();
@@ -143,12 +151,14 @@ std::uint64_t Package::locate(std::span<const std::uint8_t, format::kFooterSize>
 }
 
 void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail,
-                   std::vector<std::uint8_t> index_manifest_signatures) {
+                   std::vector<std::uint8_t> index_manifest_signatures, const KeyRing *keys, Locked locked) {
   header_ = format::decode_header(head.first<format::kHeaderSize>());
   index_ = std::move(index_manifest_signatures);
-  const std::vector<std::uint8_t> signature_block(index_.end() - static_cast<std::ptrdiff_t>(footer_.signature_size),
-                                                  index_.end());
+  std::vector<std::uint8_t> signature_block(index_.end() - static_cast<std::ptrdiff_t>(footer_.signature_size),
+                                            index_.end());
   index_.resize(index_.size() - signature_block.size());
+  strings_len_ = footer_.strings_size;
+  manifest_len_ = footer_.manifest_size;
 
   // Root digest first: a damaged index is reported as damage, not as a confusing format error.
   Sha256 root;
@@ -156,13 +166,66 @@ void Package::load(std::span<const std::uint8_t> head, std::span<const std::uint
   root.update(tail.first<format::kFooterRootedSize>());
   root.update(index_);
   if (root.finish() != footer_.root_digest) throw IntegrityError("index or manifest is damaged (root digest mismatch)");
+  if (encrypted()) {
+    // The tail starts with the key block; what follows it is the signature block.
+    auto [stanzas, size] = parse_key_block(signature_block);
+    key_stanzas_ = std::move(stanzas);
+    key_block_.assign(signature_block.begin(), signature_block.begin() + static_cast<std::ptrdiff_t>(size));
+    signature_block.erase(signature_block.begin(), signature_block.begin() + static_cast<std::ptrdiff_t>(size));
+  }
+  if (signature_block.size() > sigblock::kMaxSize)
+    throw FormatError(fmt::format("signature block of {} bytes exceeds the {} byte limit", signature_block.size(),
+                                  sigblock::kMaxSize));
   validate_chunks();
+  if (encrypted()) unlock(keys, locked);
   validate_inodes();
   signatures_ = parse_signature_block(signature_block);
 }
 
+void Package::unlock(const KeyRing *keys, Locked locked) {
+  if (names_sealed()) {
+    if (footer_.strings_size < crypt::kOverhead || footer_.manifest_size < crypt::kOverhead)
+      throw FormatError("sealed string table or manifest shorter than its seal");
+    strings_len_ = footer_.strings_size - crypt::kOverhead;
+    manifest_len_ = footer_.manifest_size - crypt::kOverhead;
+  }
+  std::optional<Unwrapped> found;
+  if (keys) found = unwrap(key_stanzas_, *keys, header_.key_check);
+  if (!found) {
+    if (locked == Locked::kRefused) require_key();
+    names_hidden_ = names_sealed();
+    return;
+  }
+  sealer_ = std::make_shared<const Sealer>(found->key);
+  opened_by_ = found->stanza;
+  if (!names_sealed()) return;
+  // In place: the plaintext lands after the nonce, where strings_at_ and manifest_at_ then point.
+  auto unseal = [&](std::size_t &at, std::uint64_t stored, std::string_view aad, std::string_view what) {
+    const std::span<std::uint8_t> sealed(index_.data() + at, static_cast<std::size_t>(stored));
+    try {
+      sealer_->open(as_bytes(aad), sealed, sealed.subspan(crypt::kNonceSize, sealed.size() - crypt::kOverhead));
+    } catch (const IntegrityError &e) {
+      throw IntegrityError(fmt::format("the {} {}", what, e.what()));
+    }
+    at += crypt::kNonceSize;
+  };
+  unseal(strings_at_, footer_.strings_size, kStringsAad, "string table");
+  unseal(manifest_at_, footer_.manifest_size, kManifestAad, "manifest");
+}
+
+void Package::require_key() const {
+  if (!locked()) return;
+  std::string whom;
+  for (const auto &s : key_stanzas_) whom += (whom.empty() ? "" : ", ") + describe(s);
+  throw KeyError(
+      fmt::format("{}: encrypted for {}; no key given opens it (give --key FILE or --passphrase-file FILE; "
+                  "mount: -o key=FILE or -o passphrase_file=FILE)",
+                  path(), whom));
+}
+
 void Package::validate_chunks() {
   const std::uint32_t cs = chunk_size();
+  const std::uint32_t seal = encrypted() ? crypt::kOverhead : 0;
   // Deduplicated entries share stored bytes, and so one cache entry (cache_key): every entry at one
   // offset must describe those bytes identically. The writer appends fresh chunks in offset
   // order and a dedup entry points back at one of them, so a binary search over the fresh offsets
@@ -192,8 +255,9 @@ void Package::validate_chunks() {
       if (c.codec != format::Codec::kZstd) throw bad("a filter needs the zstd codec");
     }
     if (c.decoded_size == 0 || c.decoded_size > cs) throw bad("decoded size outside 1..chunk size");
-    if (c.stored_size == 0 || c.stored_size > codec->max_stored(cs)) throw bad("stored size out of range");
-    if (codec->identity && c.stored_size != c.decoded_size) throw bad("stored chunk whose sizes differ");
+    // A sealed chunk is nonce | ciphertext | tag around what the codec decodes.
+    if (c.stored_size < seal + 1 || c.stored_size - seal > codec->max_stored(cs)) throw bad("stored size out of range");
+    if (codec->identity && c.stored_size - seal != c.decoded_size) throw bad("stored chunk whose sizes differ");
     if (c.offset < format::kHeaderSize || !range_within(c.offset, c.stored_size, footer_.index_offset))
       throw bad("stored bytes lie outside the data section");
     if (strict_reserved() && load_le<std::uint32_t>(&index_[i * format::kChunkEntrySize + 20]) != 0)
@@ -255,10 +319,13 @@ void Package::validate_inodes() const {
     } else {
       if (e.parent >= i) throw bad("parent does not precede its child");
       if (type(e.parent) != format::NodeType::kDirectory) throw bad("parent is not a directory");
-      if (!range_within(e.name_offset, e.name_length, footer_.strings_size)) throw bad("name outside string table");
-      if (auto why = name_problem(name(static_cast<std::uint32_t>(i)))) throw bad(*why);
-      if (e.parent == 0 && name(static_cast<std::uint32_t>(i)) == format::kReservedRootName)
-        throw bad("the root entry name .torshpkg is reserved");
+      if (!range_within(e.name_offset, e.name_length, strings_len_)) throw bad("name outside string table");
+      // Sealed names of a locked package: bounds only (nothing reads them).
+      if (!names_hidden_) {
+        if (auto why = name_problem(name(static_cast<std::uint32_t>(i)))) throw bad(*why);
+        if (e.parent == 0 && name(static_cast<std::uint32_t>(i)) == format::kReservedRootName)
+          throw bad("the root entry name .torshpkg is reserved");
+      }
       depth[i] = static_cast<std::uint16_t>(depth[e.parent] + 1);
       if (depth[i] > format::kMaxDepth) throw bad("directory tree too deep");
     }
@@ -294,7 +361,8 @@ void Package::validate_inodes() const {
         break;
       }
       case format::NodeType::kSymlink:
-        if (!range_within(e.first, e.size, footer_.strings_size)) throw bad("symlink target outside string table");
+        if (!range_within(e.first, e.size, strings_len_)) throw bad("symlink target outside string table");
+        if (names_hidden_) break;
         if (auto why = symlink_problem(symlink_target(static_cast<std::uint32_t>(i)))) throw bad(*why);
         break;
     }
@@ -302,7 +370,7 @@ void Package::validate_inodes() const {
   if (claimed != n - 1) throw FormatError("some inodes belong to no directory");
   // Sorted, unique siblings (binary search relies on it). Names were bounds-checked above, so this
   // second pass compares only validated names. Siblings are consecutive and share a parent.
-  for (std::uint64_t i = 2; i < n; ++i) {
+  for (std::uint64_t i = 2; i < n && !names_hidden_; ++i) {
     const auto a = static_cast<std::uint32_t>(i - 1), b = static_cast<std::uint32_t>(i);
     if (inode(a).parent == inode(b).parent && !(name(a) < name(b)))
       throw FormatError(fmt::format("inode {}: children are not sorted or not unique", inode(b).parent));
@@ -338,8 +406,7 @@ std::string_view Package::symlink_target(std::uint32_t ino) const noexcept {
 }
 
 std::string_view Package::manifest_text() const noexcept {
-  return {reinterpret_cast<const char *>(index_.data() + manifest_at_),
-          static_cast<std::size_t>(footer_.manifest_size)};
+  return {reinterpret_cast<const char *>(index_.data() + manifest_at_), static_cast<std::size_t>(manifest_len_)};
 }
 
 std::optional<std::uint32_t> Package::lookup(std::uint32_t dir, std::string_view want) const {
@@ -414,6 +481,7 @@ std::string Package::codec_summary(std::uint32_t ino) const {
 }
 
 const Manifest &Package::manifest() const {
+  if (names_hidden_) require_key();  // sealed: there is no manifest to read
   std::call_once(manifest_once_, [this] {
     try {
       manifest_ = Manifest::parse(manifest_text());
@@ -437,6 +505,13 @@ std::uint64_t Package::cache_key(std::uint64_t index) const noexcept {
   if (aliases_.empty()) return index;
   const auto it = std::lower_bound(aliases_.begin(), aliases_.end(), std::pair{index, std::uint64_t{0}});
   return it != aliases_.end() && it->first == index ? it->second : index;
+}
+
+void Package::check_stored(std::uint64_t index) const {
+  const auto c = chunk(index);
+  std::vector<std::uint8_t> stored(c.stored_size);
+  source_->read(c.offset, stored);
+  if (sha256(stored) != c.digest) throw DigestMismatch(fmt::format("chunk {}: stored bytes fail their SHA-256", index));
 }
 
 void Package::load_chunk(std::uint64_t index, std::span<std::uint8_t> out) const {

@@ -30,7 +30,8 @@ ChunkPipeline::ChunkPipeline(std::shared_ptr<const ChunkSource> source, Stages s
   if (stages_.size() > kMaxStages) throw InternalError("too many pipeline stages");
 }
 
-ChunkPipeline::Stages ChunkPipeline::standard_stages(bool verify_digests, std::shared_ptr<ChunkStore> store) {
+ChunkPipeline::Stages ChunkPipeline::standard_stages(bool verify_digests, std::shared_ptr<ChunkStore> store,
+                                                     std::unique_ptr<ChunkStage> decrypt) {
   Stages s;
   if (verify_digests) s.push_back(verify_digest_stage());
   // Bytes read back from the disk cache are verified again like any others: the cache is shared.
@@ -38,8 +39,8 @@ ChunkPipeline::Stages ChunkPipeline::standard_stages(bool verify_digests, std::s
     if (!verify_digests) throw InternalError("a disk chunk cache needs verified digests");
     s.push_back(store_verified_stage(std::move(store)));
   }
-  // Decryption goes here (format incompat bit kEncrypted, reserved): after the digest, which covers
-  // the ciphertext, and before decoding.
+  // After the digest, which covers the ciphertext (the disk cache holds ciphertext), before decoding.
+  if (decrypt) s.push_back(std::move(decrypt));
   s.push_back(decode_stage());
   s.push_back(undo_filter_stage());
   return s;

@@ -12,10 +12,13 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ui.h>
 
 #include <memory>
+#include <string>
 
 namespace torshpkg::openssl {
 
@@ -27,7 +30,12 @@ namespace torshpkg::openssl {
   X(PEM_read_bio_PUBKEY) X(EVP_read_pw_string) X(EVP_PKEY_get_raw_public_key)                         \
   X(EVP_PKEY_new_raw_public_key) X(EVP_PKEY_get_id) X(EVP_PKEY_Q_keygen) X(EVP_PKEY_free)             \
   X(EVP_MD_CTX_new) X(EVP_MD_CTX_free) X(EVP_DigestVerifyInit) X(EVP_DigestVerify)                    \
-  X(EVP_DigestSignInit) X(EVP_DigestSign) X(EVP_aes_256_cbc)
+  X(EVP_DigestSignInit) X(EVP_DigestSign) X(EVP_aes_256_cbc)                                        \
+  X(EVP_aes_256_gcm) X(EVP_CIPHER_CTX_new) X(EVP_CIPHER_CTX_free) X(EVP_CIPHER_CTX_ctrl)              \
+  X(EVP_EncryptInit_ex) X(EVP_EncryptUpdate) X(EVP_EncryptFinal_ex)                                   \
+  X(EVP_DecryptInit_ex) X(EVP_DecryptUpdate) X(EVP_DecryptFinal_ex)                                   \
+  X(EVP_PKEY_CTX_new) X(EVP_PKEY_CTX_free) X(EVP_PKEY_derive_init) X(EVP_PKEY_derive_set_peer)        \
+  X(EVP_PKEY_derive) X(EVP_PBE_scrypt) X(RAND_bytes)
 // clang-format on
 
 struct Api {
@@ -49,7 +57,12 @@ struct Free {
   }
 };
 
+// The newest OpenSSL error as text, and the queue cleared, for messages that name the cause.
+[[nodiscard]] std::string error_text();
+
 using UniqueBio = std::unique_ptr<BIO, Free<&Api::BIO_free_all>>;
+using UniqueCipherCtx = std::unique_ptr<EVP_CIPHER_CTX, Free<&Api::EVP_CIPHER_CTX_free>>;
+using UniquePkeyCtx = std::unique_ptr<EVP_PKEY_CTX, Free<&Api::EVP_PKEY_CTX_free>>;
 using UniqueMdCtx = std::unique_ptr<EVP_MD_CTX, Free<&Api::EVP_MD_CTX_free>>;
 using UniquePkey = std::unique_ptr<EVP_PKEY, Free<&Api::EVP_PKEY_free>>;
 // A key that copies of PublicKey/PrivateKey share; make it from a UniquePkey, whose deleter it keeps:

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "block.hpp"
 #include "openssl.hpp"
 #include "torshpkg/endian.hpp"
 #include "torshpkg/errors.hpp"
@@ -23,14 +24,8 @@ using openssl::UniqueBio;
 using openssl::UniqueMdCtx;
 using openssl::UniquePkey;
 
-// The newest OpenSSL error as text, and the queue cleared, for messages that name the cause.
 std::string openssl_error() {
-  const unsigned long e = api().ERR_get_error();
-  api().ERR_clear_error();
-  if (e == 0) return "unknown OpenSSL error";
-  char buf[256];
-  api().ERR_error_string_n(e, buf, sizeof buf);
-  return buf;
+  return openssl::error_text();
 }
 
 std::string bio_text(BIO *bio) {
@@ -80,8 +75,17 @@ int passphrase_callback(char *buf, int size, int /*rwflag*/, void *u) {
   return static_cast<int>(std::strlen(buf));
 }
 
-bool is_ed25519(const UniquePkey &k) {
-  return api().EVP_PKEY_get_id(k.get()) == EVP_PKEY_ED25519;
+int evp_id(KeyType t) {
+  return t == KeyType::kEd25519 ? EVP_PKEY_ED25519 : EVP_PKEY_X25519;
+}
+
+// The refusal for a key file of the wrong kind, saying what that kind is for.
+void require_type(const UniquePkey &k, KeyType want, const std::string &what) {
+  if (api().EVP_PKEY_get_id(k.get()) == evp_id(want)) return;
+  if (want == KeyType::kEd25519)
+    throw UsageError(
+        fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519; X25519 keys are for encryption)", what));
+  throw UsageError(fmt::format("{}: not an X25519 key (make one with torshpkg keygen --encryption)", what));
 }
 
 }  // namespace
@@ -90,24 +94,15 @@ std::string key_id_short(const KeyId &id) {
   return to_hex(std::span(id).first(8));
 }
 
+const block::Shape kSignatureBlock{"signature block", sigblock::kMagic, sigblock::kVersion, sigblock::kEntrySize,
+                                   sigblock::kMaxEntries};
+
 std::vector<SignatureEntry> parse_signature_block(std::span<const std::uint8_t> block) {
   std::vector<SignatureEntry> out;
   if (block.empty()) return out;
-  if (block.size() < sigblock::kHeaderSize)
-    throw FormatError(fmt::format("signature block of {} bytes is too short", block.size()));
-  if (!std::equal(sigblock::kMagic.begin(), sigblock::kMagic.end(), block.begin()))
-    throw FormatError("signature block has a bad magic");
-  const auto version = load_le<std::uint16_t>(&block[8]);
-  const auto count = load_le<std::uint16_t>(&block[10]);
-  const auto entry_size = load_le<std::uint32_t>(&block[12]);
-  if (version != sigblock::kVersion) throw FormatError(fmt::format("unsupported signature block version {}", version));
-  if (entry_size != sigblock::kEntrySize)
-    throw FormatError(fmt::format("signature entries of {} bytes, expected {}", entry_size, sigblock::kEntrySize));
-  if (count == 0 || count > sigblock::kMaxEntries)
-    throw FormatError(fmt::format("signature block with {} signatures", count));
-  if (block.size() != sigblock::kHeaderSize + count * sigblock::kEntrySize)
-    throw FormatError(fmt::format("signature block is {} bytes, {} signatures need {}", block.size(), count,
-                                  sigblock::kHeaderSize + count * sigblock::kEntrySize));
+  const auto [count, size] = block::parse_header(block, kSignatureBlock);
+  if (block.size() != size)
+    throw FormatError(fmt::format("signature block is {} bytes, {} signatures need {}", block.size(), count, size));
   for (std::size_t i = 0; i < count; ++i) {
     const auto e = block.subspan(sigblock::kHeaderSize + i * sigblock::kEntrySize, sigblock::kEntrySize);
     SignatureEntry s;
@@ -129,11 +124,7 @@ std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry>
   if (entries.empty()) return {};
   if (entries.size() > sigblock::kMaxEntries)
     throw UsageError(fmt::format("at most {} signatures per package", sigblock::kMaxEntries));
-  std::vector<std::uint8_t> b(sigblock::kHeaderSize + entries.size() * sigblock::kEntrySize, 0);
-  std::copy(sigblock::kMagic.begin(), sigblock::kMagic.end(), b.begin());
-  store_le<std::uint16_t>(&b[8], sigblock::kVersion);
-  store_le<std::uint16_t>(&b[10], static_cast<std::uint16_t>(entries.size()));
-  store_le<std::uint32_t>(&b[12], sigblock::kEntrySize);
+  auto b = block::with_header(kSignatureBlock, entries.size());
   for (std::size_t i = 0; i < entries.size(); ++i) {
     auto *e = &b[sigblock::kHeaderSize + i * sigblock::kEntrySize];
     store_le<std::uint16_t>(e, static_cast<std::uint16_t>(entries[i].algorithm));
@@ -148,14 +139,13 @@ std::vector<std::uint8_t> encode_signature_block(std::span<const SignatureEntry>
 // The constructors take ownership of `key`, also when they throw.
 PublicKey::PublicKey(evp_pkey_st *key, std::string source)
     : key_(openssl::SharedPkey(UniquePkey(key))), source_(std::move(source)) {
-  std::array<std::uint8_t, kEd25519PublicKeySize> raw{};
-  std::size_t len = raw.size();
-  if (api().EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
+  std::size_t len = raw_.size();
+  if (api().EVP_PKEY_get_raw_public_key(key_.get(), raw_.data(), &len) != 1 || len != raw_.size())
     throw InternalError("OpenSSL: cannot read the raw public key: " + openssl_error());
-  id_ = sha256(raw);
+  id_ = sha256(raw_);
 }
 
-PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
+PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what, KeyType type) {
   UniqueBio bio(api().BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) throw InternalError("OpenSSL: out of memory");
   UniquePkey k(api().PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
@@ -163,12 +153,12 @@ PublicKey PublicKey::from_pem(std::string_view pem, const std::string &what) {
     api().ERR_clear_error();
     throw UsageError(fmt::format("{}: not a PEM public key", what));
   }
-  if (!is_ed25519(k)) throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", what));
+  require_type(k, type, what);
   return PublicKey(k.release(), what);
 }
 
-PublicKey PublicKey::load(const std::string &path) {
-  return from_pem(read_small_file(path, 64 << 10), path);
+PublicKey PublicKey::load(const std::string &path, KeyType type) {
+  return from_pem(read_small_file(path, 64 << 10), path, type);
 }
 
 bool PublicKey::verifies(const Digest &root, std::span<const std::uint8_t> signature) const {
@@ -189,15 +179,15 @@ std::string PublicKey::pem() const {
   return bio_text(bio.get());
 }
 
-PrivateKey::PrivateKey(evp_pkey_st *key) : key_(openssl::SharedPkey(UniquePkey(key))) {}
+PrivateKey::PrivateKey(evp_pkey_st *key, KeyType type) : key_(openssl::SharedPkey(UniquePkey(key))), type_(type) {}
 
-PrivateKey PrivateKey::generate() {
-  UniquePkey k(api().EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
-  if (!k) throw InternalError("OpenSSL: Ed25519 key generation failed: " + openssl_error());
-  return PrivateKey(k.release());
+PrivateKey PrivateKey::generate(KeyType type) {
+  UniquePkey k(api().EVP_PKEY_Q_keygen(nullptr, nullptr, type == KeyType::kEd25519 ? "ED25519" : "X25519"));
+  if (!k) throw InternalError("OpenSSL: key generation failed: " + openssl_error());
+  return PrivateKey(k.release(), type);
 }
 
-PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase) {
+PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase, KeyType type) {
   const std::string text = read_small_file(path, 64 << 10);
   UniqueBio bio(api().BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
   if (!bio) throw InternalError("OpenSSL: out of memory");
@@ -209,8 +199,8 @@ PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::st
     if (text.find("ENCRYPTED") != std::string::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
     throw UsageError(fmt::format("{}: not a PEM private key", path));
   }
-  if (!is_ed25519(k)) throw UsageError(fmt::format("{}: not an Ed25519 key (torshpkg signs with Ed25519)", path));
-  return PrivateKey(k.release());
+  require_type(k, type, path);
+  return PrivateKey(k.release(), type);
 }
 
 PublicKey PrivateKey::public_key() const {
@@ -218,12 +208,13 @@ PublicKey PrivateKey::public_key() const {
   std::size_t len = raw.size();
   if (api().EVP_PKEY_get_raw_public_key(key_.get(), raw.data(), &len) != 1 || len != raw.size())
     throw InternalError("OpenSSL: cannot read the public key: " + openssl_error());
-  UniquePkey pub(api().EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw.data(), raw.size()));
+  UniquePkey pub(api().EVP_PKEY_new_raw_public_key(evp_id(type_), nullptr, raw.data(), raw.size()));
   if (!pub) throw InternalError("OpenSSL: cannot build the public key: " + openssl_error());
   return PublicKey(pub.release(), "private key");
 }
 
 SignatureEntry PrivateKey::sign(const Digest &root) const {
+  if (type_ != KeyType::kEd25519) throw UsageError("an X25519 key cannot sign; sign with an Ed25519 key");
   SignatureEntry e;
   e.key_id = public_key().id();
   UniqueMdCtx ctx(api().EVP_MD_CTX_new());
@@ -246,6 +237,17 @@ std::string PrivateKey::pem(const std::string &passphrase) const {
                                           static_cast<int>(passphrase.size()), nullptr, nullptr) != 1)
     throw InternalError("OpenSSL: cannot write the private key: " + openssl_error());
   return bio_text(bio.get());
+}
+
+std::optional<std::string> read_passphrase_file(const std::string &path) {
+  if (path.empty()) return std::nullopt;
+  const auto fd = open_read(path);
+  std::string text(4097, '\0');
+  const auto n = read_full(fd.get(), std::span(reinterpret_cast<std::uint8_t *>(text.data()), text.size()), path);
+  text.resize(n);
+  if (const auto nl = text.find('\n'); nl != std::string::npos) text.resize(nl);
+  if (text.size() > 4096) throw UsageError(path + ": passphrase longer than 4096 bytes");
+  return text;
 }
 
 std::string prompt_new_passphrase(const std::string &what) {
