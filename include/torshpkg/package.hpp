@@ -63,7 +63,8 @@ class Package {
   static std::shared_ptr<const Package> open(const std::string &path, ChunkDigests digests = ChunkDigests::kVerify,
                                              const KeyRing *keys = nullptr, Locked locked = Locked::kRefused);
   // Validates an in-memory image of a whole package (tests, fuzzing).
-  static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name);
+  static std::shared_ptr<const Package> from_bytes(std::span<const std::uint8_t> image, std::string name,
+                                                   const KeyRing *keys = nullptr, Locked locked = Locked::kRefused);
   // A package over an index built from another container; the tree goes through the same checks.
   static std::shared_ptr<const Package> from_index(SynthesizedIndex index, std::shared_ptr<const ChunkSource> source);
 

@@ -83,6 +83,9 @@ class PrivateKey {
   // encrypted and stdin is a tty, and fails with a UsageError otherwise.
   static PrivateKey load(const std::string &path, const std::optional<std::string> &passphrase,
                          KeyType type = KeyType::kEd25519);
+  // The same from PEM text; `what` names it in messages.
+  static PrivateKey from_pem(std::string_view pem, const std::string &what,
+                             const std::optional<std::string> &passphrase, KeyType type = KeyType::kEd25519);
   [[nodiscard]] PublicKey public_key() const;
   [[nodiscard]] KeyType type() const noexcept { return type_; }
   [[nodiscard]] evp_pkey_st *handle() const noexcept { return key_.get(); }

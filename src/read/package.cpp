@@ -105,8 +105,10 @@ std::shared_ptr<const Package> Package::open(std::shared_ptr<const ChunkSource> 
   return p;
 }
 
-std::shared_ptr<const Package> Package::from_bytes(std::span<const std::uint8_t> image, std::string name) {
-  return open(std::make_shared<MemorySource>(std::vector<std::uint8_t>(image.begin(), image.end()), std::move(name)));
+std::shared_ptr<const Package> Package::from_bytes(std::span<const std::uint8_t> image, std::string name,
+                                                   const KeyRing *keys, Locked locked) {
+  return open(std::make_shared<MemorySource>(std::vector<std::uint8_t>(image.begin(), image.end()), std::move(name)),
+              ChunkDigests::kVerify, nullptr, ManifestCheck::kAtOpen, keys, locked);
 }
 
 std::shared_ptr<const Package> Package::from_index(SynthesizedIndex index, std::shared_ptr<const ChunkSource> source) {

@@ -188,7 +188,11 @@ PrivateKey PrivateKey::generate(KeyType type) {
 }
 
 PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::string> &passphrase, KeyType type) {
-  const std::string text = read_small_file(path, 64 << 10);
+  return from_pem(read_small_file(path, 64 << 10), path, passphrase, type);
+}
+
+PrivateKey PrivateKey::from_pem(std::string_view text, const std::string &path,
+                                const std::optional<std::string> &passphrase, KeyType type) {
   UniqueBio bio(api().BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
   if (!bio) throw InternalError("OpenSSL: out of memory");
   PassphraseRequest req{&passphrase, &path};
@@ -196,7 +200,7 @@ PrivateKey PrivateKey::load(const std::string &path, const std::optional<std::st
   if (!k) {
     api().ERR_clear_error();
     if (req.unanswered) throw UsageError(fmt::format("{}: the key is encrypted: give --passphrase-file", path));
-    if (text.find("ENCRYPTED") != std::string::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
+    if (text.find("ENCRYPTED") != std::string_view::npos) throw UsageError(fmt::format("{}: wrong passphrase", path));
     throw UsageError(fmt::format("{}: not a PEM private key", path));
   }
   require_type(k, type, path);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "torshpkg/crypt.hpp"
+
 namespace torshpkg::testing {
 
 struct ExerciseReport {
@@ -24,7 +26,23 @@ struct ExerciseReport {
 // Reader::slices (as `torshpkg cat` reads) plus a few Reader::read calls at chunk boundaries (as
 // the driver reads); the manifest text. A file whose read fails does not stop the walk.
 // Throws std::logic_error when the package opens but contradicts itself.
+// An encrypted package is opened with the fuzzing identity below (seeds are encrypted to it, so
+// mutations reach the unsealing and decrypting code); one encrypted for others opens locked, and
+// then only what a locked package offers is used (structure, stored-chunk digests).
 [[nodiscard]] ExerciseReport exercise_package_report(std::span<const std::uint8_t> image);
+
+// The X25519 identity the fuzz target and the hostile corpus open encrypted packages with. Public
+// on purpose: it protects nothing. Its public key, for `torshpkg pack --encrypt-to`:
+inline constexpr const char *kFuzzIdentityPem =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MC4CAQAwBQYDK2VuBCIEIKAmrFR2iIqrK3Cnftef8H3EH+zGvczXup1SgK+GHYtw\n"
+    "-----END PRIVATE KEY-----\n";
+inline constexpr const char *kFuzzRecipientPem =
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MCowBQYDK2VuAyEACC2tJKUYuVH8LKcX4HcM7lHM3nlSZKL/W3IrbKr5NyY=\n"
+    "-----END PUBLIC KEY-----\n";
+// A key ring holding that identity.
+[[nodiscard]] const KeyRing &fuzz_keys();
 [[nodiscard]] std::string exercise_package(std::span<const std::uint8_t> image);
 
 // Fuzzing aid: rewrites every chunk digest whose stored bytes lie inside the image, then the root

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Hostile-package corpus for torshpkg-corpus-check (tests/hostile/corpus_check.cpp).
 
-    gen-corpus.py OUTDIR [BASE.tpkg]      write OUTDIR/<case>.tpkg and OUTDIR/cases.json
+    gen-corpus.py OUTDIR [BASE.tpkg [ENCRYPTED.tpkg]]  write OUTDIR/<case>.tpkg and OUTDIR/cases.json
     gen-corpus.py --make-tree DIR         write the small source tree the base package is packed from
 
 Without BASE, the tree is packed with the CLI named by $TORSHPKG (64 KiB chunks). Every case is
 derived from the base package, or built from scratch by the small writer below, and cases.json
 gives each one's expected outcome class: "format_error", "integrity_error" (at open, or when a file
-is read) or "ok". The class comes from `Model`, an independent re-implementation of the loader's
+is read) or "ok". ENCRYPTED, the tree packed for the fuzzing identity, adds the enc-* cases
+(gen_encrypted), whose classes are by construction. The class comes from `Model`, an independent re-implementation of the loader's
 rules in docs/FORMAT.md (Validation) and of the signature-block parser; where a case was built to
 reach one check, the generator also states that intent and refuses to write a case where the model
 disagrees with it. Mutations of rooted bytes are written twice: with the root digest recomputed, so
@@ -1052,11 +1053,104 @@ def pack_base(work):
     return out
 
 
+def gen_encrypted(c, enc):
+    """Cases derived from a package encrypted for the fuzzing identity (tests/fuzz/exercise.hpp, which
+    corpus_check opens with): the key block's fields, the header's encryption fields, and sealed
+    bytes. The model does not decrypt: each outcome is by construction. A key block that parses but
+    opens for nobody we hold makes a locked package, which exercise checks as inspect and verify do
+    (structure and stored digests): "ok"."""
+    ft = len(enc) - 128
+    idx, cc, ic, ss, ms, _r, so, sz = struct.unpack_from("<8Q", enc, ft)
+    if not (struct.unpack_from("<Q", enc, 24)[0] & 1) or so == 0 or enc[so:so + 8] != b"TPKGKEY\0":
+        raise SystemExit("gen-corpus: the encrypted base has no key block")
+    st, mf = idx + 56 * cc + 48 * ic, idx + 56 * cc + 48 * ic + ss
+    e0 = so + 16  # the first (only) key block entry
+
+    def case(name, data, expect, note):
+        c.add("enc-" + name, data, expect, note=note, model=False)
+
+    def with_tail(tail):
+        f = bytearray(enc[ft:])
+        struct.pack_into("<QQ", f, 48, so, len(tail))
+        return enc[:so] + tail + bytes(f)
+
+    key_block = enc[so:so + 16 + 128]
+    case("base", enc, "ok", "encrypted for the fuzzing identity: every file decrypts and reads")
+    case("key-block-magic", put(enc, so + 1, "<B", enc[so + 1] ^ 1), "format_error", "key block magic")
+    case("key-block-version-2", put(enc, so + 8, "<H", 2), "format_error", "key block version")
+    case("key-block-count-0", put(enc, so + 10, "<H", 0), "format_error", "no entries")
+    case("key-block-count-2-cut-short", put(enc, so + 10, "<H", 2), "format_error", "count past the tail")
+    case("key-block-count-65", put(enc, so + 10, "<H", 65), "format_error", "more than 64 entries")
+    case("key-block-entry-size-127", put(enc, so + 12, "<I", 127), "format_error", "entry size")
+    case("key-entry-type-9", put(enc, e0, "<H", 9), "format_error", "unknown entry type")
+    case("key-entry-reserved", put(enc, e0 + 5, "<B", 1), "format_error", "reserved bytes")
+    case("key-entry-tail-reserved", put(enc, e0 + 127, "<B", 1), "format_error", "reserved bytes at the end")
+    case("key-entry-x25519-with-work-factor", put(enc, e0 + 2, "<B", 12), "format_error", "x25519 entry with log_n")
+    case("no-key-block", with_tail(b""), "format_error", "an encrypted package without its key block")
+    case("key-block-twice-the-same-recipient",
+         with_tail(put(key_block[:16], 10, "<H", 2) + key_block[16:] * 2), "format_error", "one recipient twice")
+    case("key-entry-other-recipient", put(enc, e0 + 8, "<B", enc[e0 + 8] ^ 1), "ok",
+         "not for the fuzzing identity: opens locked")
+    case("key-entry-wrapped-flipped", put(enc, e0 + 80, "<B", enc[e0 + 80] ^ 1), "ok",
+         "the wrapped key does not open (its tag): locked")
+    case("key-entry-ephemeral-flipped", put(enc, e0 + 45, "<B", enc[e0 + 45] ^ 1), "ok",
+         "another shared secret: does not open, locked")
+    case("key-entry-ephemeral-zero", enc[:e0 + 40] + bytes(32) + enc[e0 + 72:], "ok",
+         "a low-order ephemeral key (all-zero shared secret): refused by X25519, locked")
+    scrypt = struct.pack("<HBB", 2, 22, 0) + bytes(4) + random.Random(9).randbytes(16) + bytes(16) + bytes(32) + \
+        random.Random(10).randbytes(48) + bytes(8)
+    case("key-block-scrypt-2-22-no-passphrase", with_tail(put(key_block[:16], 10, "<H", 2) + key_block[16:] + scrypt), "ok",
+         "a passphrase entry of the largest work factor costs nothing without a passphrase")
+    big = put(key_block[:16], 10, "<H", 64) + key_block[16:] + b"".join(
+        struct.pack("<H", 1) + bytes(6) + random.Random(100 + i).randbytes(112) + bytes(8) for i in range(63))
+    case("key-block-64-entries", with_tail(big), "ok", "64 entries, ours first")
+    case("key-block-64-entries-ours-last", with_tail(put(big[:16], 10, "<H", 64) + big[16 + 128:] + key_block[16:]),
+         "ok", "64 entries, ours last")
+    case("key-block-65-entries", with_tail(put(big, 10, "<H", 65) + big[16 + 128:16 + 256]), "format_error",
+         "65 entries")
+
+    def rooted(name, data, expect, note, stale="integrity_error"):
+        r = reroot(data)
+        if r is not None:
+            case(name, r, expect, note)
+        case(name + "-stale-root", data, stale, "root digest mismatch" if stale == "integrity_error" else note)
+
+    rooted("header-key-check-flipped", put(enc, 50, "<B", enc[50] ^ 1), "integrity_error",
+           "the key block opens to a key the header does not check: a forged key block")
+    # The header is decoded before the root is checked: these are format errors either way.
+    rooted("header-cipher-2", put(enc, 33, "<B", 2), "format_error", "unknown cipher", "format_error")
+    rooted("header-crypt-flags-2", put(enc, 34, "<B", enc[34] | 2), "format_error", "unknown encryption flag",
+           "format_error")
+    rooted("header-reserved-36", put(enc, 36, "<B", 1), "format_error", "reserved header bytes", "format_error")
+    rooted("sealed-strings-flipped", put(enc, st + ss // 2, "<B", enc[st + ss // 2] ^ 1), "integrity_error",
+           "the string table does not open")
+    rooted("sealed-strings-nonce-flipped", put(enc, st + 1, "<B", enc[st + 1] ^ 1), "integrity_error",
+           "the string table's nonce")
+    rooted("sealed-manifest-tag-flipped", put(enc, mf + ms - 1, "<B", enc[mf + ms - 1] ^ 1), "integrity_error",
+           "the manifest's tag")
+    # A sealed chunk with one byte flipped: its digest fails; with the digest recomputed (what an
+    # attacker without the key can do to an unsigned package) the tag fails instead.
+    off, stored = struct.unpack_from("<QI", enc, idx)
+    flipped = bytearray(put(enc, off + stored // 2, "<B", enc[off + stored // 2] ^ 1))
+    case("sealed-chunk-flipped", bytes(flipped), "integrity_error", "fails its digest at read")
+    flipped[idx + 24:idx + 56] = sha256(bytes(flipped[off:off + stored]))
+    rooted("sealed-chunk-flipped-digest-recomputed", bytes(flipped), "integrity_error", "fails its tag at read")
+    relabel = bytearray(enc)
+    relabel[idx + 16] ^= 1  # zstd <-> stored: the associated data no longer matches
+    # zstd relabelled stored: its sizes no longer fit (rule 12); stored relabelled zstd: the tag fails.
+    rooted("sealed-chunk-relabelled-codec", bytes(relabel), "format_error" if enc[idx + 16] == 1 else "integrity_error",
+           "another codec than it was sealed for")
+
+
 def main():
     args = sys.argv[1:]
     if len(args) == 2 and args[0] == "--make-tree":
         make_tree(args[1])
         return
+    enc_base = None
+    if len(args) == 3:  # an encrypted base (run_corpus.py packs it for the fuzzing identity)
+        with open(args.pop(), "rb") as f:
+            enc_base = f.read()
     if len(args) not in (1, 2) or args[0].startswith("-"):
         raise SystemExit(__doc__.strip().splitlines()[2].strip() + "\n" + __doc__.strip().splitlines()[3].strip())
     outdir = args[0]
@@ -1096,6 +1190,8 @@ def main():
     gen_signatures(c, pkg, base)
     gen_scratch(c)
     gen_big_manifests(c, pkg)
+    if enc_base is not None:
+        gen_encrypted(c, enc_base)
     c.write_index("base-valid")
     counts = {}
     for case in c.cases:

@@ -22,7 +22,15 @@ def main():
     subprocess.run([sys.executable, gen, "--make-tree", tree], check=True)
     subprocess.run([torshpkg, "pack", tree, "-o", base, "--chunk-size", "64K", "--threads", "1", "-q"],
                    check=True, env=env, stdin=subprocess.DEVNULL)
-    subprocess.run([sys.executable, gen, corpus, base], check=True)
+    # The same tree encrypted for the fuzzing identity (kFuzzRecipientPem in tests/fuzz/exercise.hpp,
+    # with which the checker opens encrypted cases).
+    fuzz_pub, enc = os.path.join(work, "fuzz.pub"), os.path.join(work, "encrypted.tpkg")
+    with open(fuzz_pub, "w") as f:
+        f.write("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VuAyEACC2tJKUYuVH8LKcX4HcM7lHM3nlSZKL/W3IrbKr5NyY=\n"
+                "-----END PUBLIC KEY-----\n")
+    subprocess.run([torshpkg, "pack", tree, "-o", enc, "--chunk-size", "64K", "--threads", "1", "-q",
+                    "--encrypt-to", fuzz_pub], check=True, env=env, stdin=subprocess.DEVNULL)
+    subprocess.run([sys.executable, gen, corpus, base, enc], check=True)
     # ASan keeps up to 256 MiB of freed blocks resident (its quarantine); a smaller one keeps the
     # memory budget about the library. Leak checks and abort-on-error stay as the caller set them.
     asan = os.environ.get("ASAN_OPTIONS", "")

@@ -212,7 +212,7 @@ def main():
         # -- exit statuses ------------------------------------------------------------------------
         h.section("every exit status of man/torshpkg.1")
         documented = exit_codes_in_man()
-        h.check("EXIT STATUS documents 0 to 8 and 130", documented == [0, 1, 2, 3, 4, 5, 6, 7, 8, 130], documented)
+        h.check("EXIT STATUS documents 0 to 9 and 130", documented == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130], documented)
         exercised = {}
 
         def status(code, label, r, prefix="torshpkg: ", last_line_only=False):
@@ -251,6 +251,12 @@ def main():
         h.check("pack --sign alice.key", r.returncode == 0, tail(r.stderr))
         status(7, "verify --pubkey bob.pub of a package signed by alice",
                h.tpkg("verify", signed, "--pubkey", bob_pub), "torshpkg: untrusted package: ", last_line_only=True)
+        r = h.tpkg("keygen", "--encryption", "-o", os.path.join(keys, "carol"))
+        h.check("keygen --encryption carol", r.returncode == 0, tail(r.stderr))
+        sealed = os.path.join(T, "sealed.tpkg")
+        r = h.tpkg("pack", src, "-o", sealed, "-q", "--encrypt-to", os.path.join(keys, "carol.pub"))
+        h.check("pack --encrypt-to carol.pub", r.returncode == 0, tail(r.stderr))
+        status(9, "cat of an encrypted package without a key", h.tpkg("cat", sealed, "a.txt"))
         try:
             import registry_servers as rs
             have_registry = os.access(rs.DOCKER_REGISTRY, os.X_OK)

@@ -204,7 +204,13 @@ def main():
         case("unknown major version 2 in the header", put(data, 8, "<H", 2), ("version",))
         case("unknown major version 2 in the footer", put(data, L.size - 128 + 100, "<H", 2), ("version",))
         case("unknown incompat flag bit 7", put(data, 24, "<Q", 1 << 7), ("incompat", "feature", "flag"))
-        case("reserved incompat flag bit 0 (encrypted)", put(data, 24, "<Q", 1), ("incompat", "feature", "flag"))
+        # Bit 0 (encrypted) is known since issue 16: without a cipher in byte 33 it is malformed.
+        case("incompat bit 0 (encrypted) without a cipher", put(data, 24, "<Q", 1), ("cipher",))
+        case("incompat bit 0 (encrypted), cipher 1, no key block", put(put(data, 24, "<Q", 1), 33, "<B", 1),
+             ("root digest",))
+        case("incompat bit 0, cipher 1, no key block, root recomputed",
+             reseal(put(put(data, 24, "<Q", 1), 33, "<B", 1)), ("key block",))
+        case("reserved incompat flag bit 1 (base references)", put(data, 24, "<Q", 2), ("incompat", "feature", "flag"))
         case("chunk shift 30", put(data, 32, "<B", 30))
         case("header size field 65", put(data, 12, "<I", 65))
         case("footer chunk_count + 1", put(data, L.size - 128 + 8, "<Q", L.chunk_count + 1))
