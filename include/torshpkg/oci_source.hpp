@@ -52,6 +52,7 @@ class RegistrySession {
  private:
   OciReference ref_;
   std::string location_, actions_, auth_;
+  std::optional<std::string> creds_;  // user:password from the credential files, read at construction
   HttpReply challenge_;  // the first 401
   RemoteOptions opts_;
 };

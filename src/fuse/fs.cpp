@@ -4,7 +4,9 @@
 #include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <syslog.h>
+
 #include <unistd.h>
+#include "audit.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -45,7 +47,7 @@ void guarded(fuse_req_t req, F &&body) noexcept {
   } catch (const NotFoundError &) {
     err = ENOENT;
   } catch (const IntegrityError &e) {
-    fs_of(req).log_error(e.what());
+    fs_of(req).log_integrity_failure(e.what());
     err = EIO;
   } catch (const FormatError &e) {
     fs_of(req).log_error(e.what());
@@ -238,6 +240,15 @@ void Filesystem::push_decoded(Volume &v, std::uint32_t ino, const std::vector<Ch
   } catch (const std::exception &e) {
     log_error(e.what());
   }
+}
+
+void Filesystem::log_integrity_failure(const std::string &msg) {
+  {
+    std::lock_guard lock(log_mu_);
+    if (logged_.size() > 10000 || logged_.count(msg)) return;
+  }
+  audit_integrity(volumes_.empty() ? std::string_view("-") : std::string_view(volumes_.front()->pkg->path()), msg);
+  log_error(msg);
 }
 
 void Filesystem::log_error(const std::string &msg) {

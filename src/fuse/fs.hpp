@@ -62,6 +62,8 @@ class Filesystem {
   void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 
   void log_error(const std::string &msg);
+  // log_error() plus the audit log's integrity line (audit.hpp), once per distinct failure.
+  void log_integrity_failure(const std::string &msg);
   void set_daemonized(bool d) noexcept { daemonized_ = d; }
   // Starts background decoding once the session exists (after fork: threads do not survive it).
   void start(fuse_session *se);

@@ -14,7 +14,9 @@
 #include <cstring>
 #include <memory>
 
+#include "audit.hpp"
 #include "fs.hpp"
+#include "sandbox.hpp"
 #include "torshpkg/chunk_store.hpp"
 #include "torshpkg/digest.hpp"
 #include "torshpkg/errors.hpp"
@@ -161,6 +163,7 @@ std::string checked_mountpoint(const Options &opts) {
 int serve(const Options &opts) {
   // Everything that can fail for a reason the user can fix is checked before mounting.
   const std::string mountpoint = checked_mountpoint(opts);
+  const SandboxPlan sandbox = plan_sandbox(opts);
   if (::access("/dev/fuse", R_OK | W_OK) != 0)
     throw IoError("cannot open /dev/fuse: is the fuse module loaded and are you allowed to use it?", errno);
   // Validates header, footer, root digest and the whole index, then the signatures over the root:
@@ -185,11 +188,16 @@ int serve(const Options &opts) {
                "mount.torshpkg: WARNING: unsafe_skip_chunk_digests: chunks are NOT verified (benchmarks only)\n");
 
   std::vector<std::string> argv_store = {"mount.torshpkg"};
-  std::string fuse_opts = "ro,default_permissions,subtype=torshpkg";
+  // nosuid and nodev always. The sandboxed daemon cannot unmount (no umount2, no setuid
+  // fusermount3 under no_new_privs): auto_unmount leaves fusermount3 watching the mount, which it
+  // unmounts when the daemon's /dev/fuse descriptor closes, however the daemon ends.
+  std::string base_opts = std::string("ro,nosuid,nodev,default_permissions") + (opts.noexec ? ",noexec" : "") +
+                          (sandbox.enabled ? ",auto_unmount" : "");
+  std::string fuse_opts = base_opts + ",subtype=torshpkg";
   bool has_fsname = false;
   for (const auto &o : opts.fuse_options) {
     if (o.starts_with("fsname=")) has_fsname = true;
-    if (o.starts_with("subtype=")) fuse_opts = "ro,default_permissions";
+    if (o.starts_with("subtype=")) fuse_opts = base_opts;
     fuse_opts += "," + o;
   }
   if (!has_fsname) {
@@ -233,6 +241,22 @@ int serve(const Options &opts) {
   } else {
     fmt::print(stderr, "mount.torshpkg: mounted {} at {}; Ctrl-C to unmount\n", pkg->path(), mountpoint);
   }
+  audit_mount(*pkg, mountpoint, decision, sandbox.user);
+  // Into the sandbox before any worker starts; the package file, the connections and the cache
+  // directory are open already. A failure here leaves a mount nobody serves: unmount, then report.
+  try {
+    if (store && store->usable()) hand_over_directory(sandbox, opts.cache_dir);
+    enter_sandbox(sandbox);
+    if (store && store->usable() && ::access(opts.cache_dir.c_str(), W_OK | X_OK) != 0)
+      (*notices)(
+          fmt::format("warning: the disk chunk cache {} is out of reach for {} (a directory above it is "
+                      "closed to it): remote chunks are not cached",
+                      opts.cache_dir, sandbox.user));
+  } catch (...) {
+    fuse_session_unmount(se.get());
+    fuse_remove_signal_handlers(se.get());
+    throw;
+  }
   fs.start(se.get());
   fuse_loop_config *cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, opts.threads);
@@ -240,7 +264,8 @@ int serve(const Options &opts) {
   const int rc = fuse_session_loop_mt(se.get(), cfg);
   fuse_loop_cfg_destroy(cfg);
   fs.stop();
-  fuse_session_unmount(se.get());
+  // Sandboxed, the auto_unmount helper unmounts when the descriptor closes (umount2 would be fatal).
+  if (!sandbox.enabled) fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   // libfuse returns the number of the signal that ended the loop: SIGINT, SIGTERM and SIGHUP are
   // how a foreground mount is meant to end, and the unmount above is clean.
@@ -249,8 +274,11 @@ int serve(const Options &opts) {
 
 // The one place where exceptions become exit codes: exit_code_for(), shared with torshpkg(1).
 int run(int argc, char **argv) {
+  ::openlog("mount.torshpkg", LOG_PID, LOG_DAEMON);
+  std::string package;
   try {
     const auto opts = parse_options(argc, argv);
+    package = opts.package;
     if (opts.help) {
       std::fputs(kUsageText, stdout);
       return kOk;
@@ -261,7 +289,13 @@ int run(int argc, char **argv) {
     }
     return serve(opts);
   } catch (...) {
-    return exit_code_for(std::current_exception(), Tool::kMountHelper);
+    const auto e = std::current_exception();
+    const auto report = exit_report(e, Tool::kMountHelper);
+    // Refusals of a package (trust, keys, damage, malformed) go to the audit log too.
+    if (!package.empty() &&
+        (report.code == kUntrusted || report.code == kNoKey || report.code == kIntegrity || report.code == kFormat))
+      audit_refusal(package, report.message);
+    return exit_code_for(e, Tool::kMountHelper);
   }
 }
 

@@ -38,6 +38,9 @@ it carries no signature, so it needs -o allow_unsigned (see mount.torshpkg(8)).
   -o passphrase_file=FILE  or with the passphrase on this file's first line
                   (with -f on a terminal, asked for when neither is given)
   -o nonempty     mount over a directory that is not empty or is a mount point
+  -o noexec       files of the mount cannot be executed (nosuid and nodev always apply)
+  -o run_as=USER  serve as USER once mounted (default: nobody when started as root)
+  -o nosandbox    keep the user and skip the seccomp filter (debugging only)
   -o deps[=LOCK]  show the dependencies LOCK names (torshpkg resolve) under
                   MOUNTPOINT/.deps/NAME (default: torshpkg.lock beside PACKAGE)
 Remote packages (PACKAGE is an http:// or https:// URL, or s3://BUCKET/KEY):
@@ -78,19 +81,11 @@ std::uint32_t parse_uint(const std::string &what, const std::string &text, int b
 
 bool is_ignored(std::string_view opt) {
   // What mount(8) and fstab pass that means nothing here (the mount is always read-only).
-  static constexpr std::string_view kIgnored[] = {"ro",         "rw",
-                                                  "defaults",   "auto",
-                                                  "noauto",     "user",
-                                                  "nouser",     "users",
-                                                  "nofail",     "_netdev",
-                                                  "exec",       "noexec",
-                                                  "suid",       "nosuid",
-                                                  "dev",        "nodev",
-                                                  "atime",      "noatime",
-                                                  "relatime",   "strictatime",
-                                                  "nodiratime", "async",
-                                                  "sync",       "owner",
-                                                  "comment",    "x-systemd.automount"};
+  static constexpr std::string_view kIgnored[] = {"ro",    "rw",      "defaults", "auto",        "noauto",
+                                                  "user",  "nouser",  "users",    "nofail",      "_netdev",
+                                                  "exec",  "suid",    "nosuid",   "dev",         "nodev",
+                                                  "atime", "noatime", "relatime", "strictatime", "nodiratime",
+                                                  "async", "sync",    "owner",    "comment",     "x-systemd.automount"};
   if (opt.starts_with("x-") || opt.starts_with("comment=")) return true;
   return std::find(std::begin(kIgnored), std::end(kIgnored), opt) != std::end(kIgnored);
 }
@@ -135,6 +130,13 @@ void apply_option_list(Options &o, std::string_view list) {
     } else if (key == "deps") {
       if (eq != std::string::npos && value.empty()) throw UsageError("deps= needs a lock file (or plain 'deps')");
       o.deps_lock = value;
+    } else if (key == "run_as") {
+      if (value.empty()) throw UsageError("run_as= needs a user name or uid");
+      o.run_as = value;
+    } else if (opt == "nosandbox") {
+      o.no_sandbox = true;
+    } else if (opt == "noexec") {
+      o.noexec = true;
     } else if (opt == "nonempty") {
       o.nonempty = true;
     } else if (opt == "allow_unsigned") {

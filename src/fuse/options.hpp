@@ -31,6 +31,10 @@ struct Options {
   std::vector<std::string> keys;                     // -o key=FILE (repeatable): X25519 identities
   std::string passphrase_file;                       // -o passphrase_file=FILE: an encrypted package's passphrase
   bool nonempty = false;                             // mount over a non-empty directory or a mount
+  bool noexec = false;                               // -o noexec: no file of the mount can be executed
+  // The sandbox (sandbox.hpp): -o run_as=USER (default nobody when started as root), -o nosandbox.
+  std::optional<std::string> run_as;
+  bool no_sandbox = false;
   bool skip_chunk_digests = false;                   // benchmarking only: measure what lazy verification costs
   std::vector<std::string> fuse_options;             // passed to libfuse: allow_other, fsname=, ...
   // Remote packages (http://, https://)

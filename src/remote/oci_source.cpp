@@ -90,8 +90,7 @@ std::string url_escape(std::string_view s) { return remote::percent_encode(s, fa
 
 // The Authorization header a 401 asks for, or a UsageError/IoError saying why there is none.
 std::string authorize(const OciReference &ref, const std::string &location, const HttpReply &denied,
-                      const RemoteOptions &opts, const std::string &actions) {
-  const auto creds = registry_credentials(ref.registry);
+                      const RemoteOptions &opts, const std::string &actions, const std::optional<std::string> &creds) {
   const std::string_view challenge = denied.www_authenticate;
   const auto scheme_end = challenge.find(' ');
   std::string scheme(challenge.substr(0, scheme_end));
@@ -197,7 +196,13 @@ std::optional<std::string> registry_credentials(const std::string &registry) {
 }
 
 RegistrySession::RegistrySession(OciReference ref, std::string location, RemoteOptions opts, std::string actions)
-    : ref_(std::move(ref)), location_(std::move(location)), actions_(std::move(actions)), opts_(std::move(opts)) {}
+    : ref_(std::move(ref)),
+      location_(std::move(location)),
+      actions_(std::move(actions)),
+      // Read once, when the package is opened: a sandboxed daemon (run_as=nobody) can no longer
+      // read ~/.docker/config.json when its token expires mid-mount.
+      creds_(registry_credentials(ref_.registry)),
+      opts_(std::move(opts)) {}
 
 HttpReply RegistrySession::send(HttpRequest req) {
   if (req.url.starts_with("/")) req.url = ref_.base_url() + req.url;
@@ -207,7 +212,7 @@ HttpReply RegistrySession::send(HttpRequest req) {
   if (reply.status != 401 || !auth_.empty()) return reply;
   // The first 401: ask for what the registry wants, then once more.
   challenge_ = reply;
-  auth_ = authorize(ref_, location_, reply, opts_, actions_);
+  auth_ = authorize(ref_, location_, reply, opts_, actions_, creds_);
   req.headers = headers;
   req.headers.push_back(auth_);
   return http_request(req, opts_);
@@ -215,7 +220,7 @@ HttpReply RegistrySession::send(HttpRequest req) {
 
 std::string RegistrySession::reauthorize() {
   if (challenge_.www_authenticate.empty()) throw IoError(fmt::format("{}: HTTP 401", location_), EACCES);
-  auth_ = authorize(ref_, location_, challenge_, opts_, actions_);
+  auth_ = authorize(ref_, location_, challenge_, opts_, actions_, creds_);
   return auth_;
 }
 

@@ -150,6 +150,9 @@ class Harness:
         if not os.path.isdir(base):
             base = None
         self.tmp = tempfile.mkdtemp(prefix=f"torshpkg-it-{name}-", dir=base)
+        # The daemon serves as nobody once mounted (its sandbox): disk caches under here must stay
+        # reachable for it, as /var/cache/torshpkg is.
+        os.chmod(self.tmp, 0o755)
 
     # -- reporting -----------------------------------------------------------------------------
     def check(self, what: str, ok, detail: str = "") -> bool:
