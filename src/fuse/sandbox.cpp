@@ -221,6 +221,9 @@ void hand_over_directory(const SandboxPlan &plan, const std::string &dir) {
   if (!plan.enabled || !plan.drop || dir.empty()) return;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return;
+  // Handed over once: a cache of many thousand entries must not cost every mount a walk.
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0 && st.st_uid == plan.uid && st.st_gid == plan.gid) return;
   // Entries are named and checked by digest on every read, so whoever can write here can cause
   // misses, never wrong bytes (SECURITY.md): the sandbox's user may own the cache.
   auto give = [&](const std::filesystem::path &p) {

@@ -284,7 +284,7 @@ std::pair<std::vector<KeyStanza>, std::size_t> parse_key_block(std::span<const s
     std::copy_n(&e[40], 32, s.ephemeral.begin());
     std::copy_n(&e[72], s.wrapped.size(), s.wrapped.begin());
     const bool zero_reserved = e[3] == 0 && load_le<std::uint32_t>(&e[4]) == 0 &&
-                               std::all_of(&e[120], &e[128], [](std::uint8_t b) { return b == 0; });
+                               std::all_of(e.begin() + 120, e.end(), [](std::uint8_t b) { return b == 0; });
     if (!zero_reserved) throw bad("reserved bytes are not zero");
     if (type == static_cast<std::uint16_t>(StanzaType::kX25519)) {
       s.type = StanzaType::kX25519;
