@@ -11,6 +11,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -35,6 +36,9 @@ inline constexpr std::uint8_t kFlagSealedNames = 1u << 0;        // header byte 
 
 // HMAC-SHA-256 (RFC 2104) and HKDF-SHA-256 (RFC 5869), over the linked SHA256_* functions.
 [[nodiscard]] Digest hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> message);
+// The same over the concatenation of `message`'s parts, without building it.
+[[nodiscard]] Digest hmac_sha256(std::span<const std::uint8_t> key,
+                                 std::initializer_list<std::span<const std::uint8_t>> message);
 [[nodiscard]] std::vector<std::uint8_t> hkdf_sha256(std::span<const std::uint8_t> salt,
                                                     std::span<const std::uint8_t> secret, std::string_view info,
                                                     std::size_t length);

@@ -65,6 +65,8 @@ void add_remote_options(CLI::App *cmd, RemoteArgs &args);
 struct KeyArgs {
   std::vector<std::string> keys;
   std::string passphrase_file;
+  // False when neither option was given (inspect and verify then open locked, asking nothing).
+  [[nodiscard]] bool given() const noexcept { return !keys.empty() || !passphrase_file.empty(); }
 };
 void add_key_options(CLI::App *cmd, KeyArgs &args);
 // The identities and passphrase named; with neither, a terminal is asked for a passphrase when a

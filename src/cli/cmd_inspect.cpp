@@ -441,7 +441,7 @@ void add_inspect(CLI::App &app, Action &action) {
     action = [file, json, tensors, trust, remote, keys]() -> int {
       auto opts = open_options(*file, *remote, *keys);
       opts.locked = Package::Locked::kAllowed;  // what is public: sizes, digests, signatures, recipients
-      if (keys->keys.empty() && keys->passphrase_file.empty()) opts.keys = nullptr;  // no passphrase prompt
+      if (!keys->given()) opts.keys = nullptr;  // no passphrase prompt
       const auto pkg = open_package(*file, opts);
       if (*tensors) pkg->require_key();
       if (*tensors && !*json) {

@@ -44,7 +44,7 @@ int verify(const std::string &file, unsigned threads, const TrustArgs &trust_arg
   opts.store = nullptr;  // verify what the server serves, not what a cache holds
   // An encrypted package verifies without its key (digests cover the ciphertext); with one, fully.
   opts.locked = Package::Locked::kAllowed;
-  if (keys.keys.empty() && keys.passphrase_file.empty()) opts.keys = nullptr;
+  if (!keys.given()) opts.keys = nullptr;
   const auto pkg = open_package(file, opts);  // checks header, footer, root digest and the whole index
   // Signatures first: they vouch for the root, which vouches for every chunk digest.
   const auto checks = check_signatures(*pkg, load_trust(trust_args));

@@ -135,10 +135,6 @@ std::array<std::uint8_t, crypt::kKeySize> scrypt_wrap_key(std::string_view passp
   return k;
 }
 
-PublicKey public_of(const PrivateKey &k) {
-  return k.public_key();
-}
-
 std::array<std::uint8_t, 32> random_bytes32() {
   std::array<std::uint8_t, 32> b{};
   if (api().RAND_bytes(b.data(), static_cast<int>(b.size())) != 1)
@@ -151,6 +147,10 @@ std::array<std::uint8_t, 32> random_bytes32() {
 // ---- HMAC, HKDF ----
 
 Digest hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> message) {
+  return hmac_sha256(key, {message});
+}
+
+Digest hmac_sha256(std::span<const std::uint8_t> key, std::initializer_list<std::span<const std::uint8_t>> message) {
   std::array<std::uint8_t, kBlock> k{};
   if (key.size() > kBlock) {
     const auto d = sha256(key);
@@ -162,7 +162,7 @@ Digest hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8
   Sha256 h;
   for (std::size_t i = 0; i < kBlock; ++i) pad[i] = k[i] ^ 0x36;
   h.update(pad);
-  h.update(message);
+  for (const auto part : message) h.update(part);
   const Digest inner = h.finish();
   for (std::size_t i = 0; i < kBlock; ++i) pad[i] = k[i] ^ 0x5c;
   h.update(pad);
@@ -227,11 +227,9 @@ Sealer::~Sealer() {
 void Sealer::seal(std::span<const std::uint8_t> aad, std::span<const std::uint8_t> plain,
                   std::vector<std::uint8_t> &out) const {
   // The nonce binds the aad too, with its length first: (aad, plain) pairs cannot collide by shifting bytes.
-  std::vector<std::uint8_t> msg(8 + aad.size() + plain.size());
-  store_le<std::uint64_t>(msg.data(), aad.size());
-  std::copy(aad.begin(), aad.end(), msg.begin() + 8);
-  std::copy(plain.begin(), plain.end(), msg.begin() + 8 + static_cast<std::ptrdiff_t>(aad.size()));
-  const Digest mac = hmac_sha256(nonce_key_, msg);
+  std::array<std::uint8_t, 8> aad_size{};
+  store_le<std::uint64_t>(aad_size.data(), aad.size());
+  const Digest mac = hmac_sha256(nonce_key_, {aad_size, aad, plain});  // no copy of the chunk
   out.resize(plain.size() + crypt::kOverhead);
   std::copy_n(mac.begin(), crypt::kNonceSize, out.begin());
   gcm_seal(cipher_key_, std::span(out).first(crypt::kNonceSize), aad, plain, out.data() + crypt::kNonceSize,
@@ -332,7 +330,7 @@ std::string describe(const KeyStanza &s) {
 
 KeyStanza wrap_for(const PublicKey &recipient, const ContentKey &key) {
   const auto eph = PrivateKey::generate(KeyType::kX25519);
-  const auto eph_pub = public_of(eph);
+  const auto eph_pub = eph.public_key();
   KeyStanza s;
   s.type = StanzaType::kX25519;
   s.id = recipient.id();
@@ -387,7 +385,7 @@ std::optional<Unwrapped> unwrap(std::span<const KeyStanza> stanzas, const KeyRin
   // Identities first: they cost one X25519 each, a passphrase costs a whole scrypt.
   for (const auto &id : ring.identities) {
     if (id.type() != KeyType::kX25519) continue;
-    const auto pub = public_of(id);
+    const auto pub = id.public_key();
     for (std::size_t i = 0; i < stanzas.size(); ++i) {
       const auto &s = stanzas[i];
       if (s.type != StanzaType::kX25519 || s.id != pub.id()) continue;
